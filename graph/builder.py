@@ -1,0 +1,170 @@
+"""The decompose-then-solve ``StateGraph``.
+
+    START --route--> decompose --+--> solve ---------------------------> END   (static, the paper)
+                 |               +--> answer_step (loop) --> solve_final --> END   (static, sequential)
+                 |               +--> solve_one x N (Send) --> solve_final --> END (static, parallel)
+                 |               +--> solve_direct -------------------------> END (no usable decomposition)
+                 +--> propose <--> answer_step, then solve_final -----------> END   (dynamic)
+                 +--> solve_direct --------------------------------------> END   (single)
+
+``build_graph`` returns the builder; compile it yourself, with your checkpointer.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Send
+
+from divconq.errors import DivconqError
+from divconq.graph.state import DivConqState, InputState, OutputState
+from divconq.nodes import nodes as N
+from divconq.nodes.models import load_chat_model
+from divconq.nodes.prompts import PromptSet, get_prompts
+
+MODES = ("static", "dynamic", "single", "auto")
+SOLVE_STRATEGIES = ("joint", "sequential", "parallel")
+# Every step of a run is bounded by the caps; this keeps the worst case (2 steps per
+# dynamic round plus three) under LangGraph's default recursion limit of 25.
+MAX_CAP = 10
+
+Policy = Callable[[str, "str | None"], str]
+
+
+def decompose_first(question: str, context: str | None) -> str:
+    """The default ``auto`` policy: decompose statically; the decomposer may still say
+    "No decomposition", and the run then answers single-stage."""
+    return "static"
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise DivconqError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
+
+
+def _check_cap(name: str, value: int) -> None:
+    if not isinstance(value, int) or not 1 <= value <= MAX_CAP:
+        raise DivconqError(f"{name} must be an integer from 1 to {MAX_CAP}, got {value!r}")
+
+
+def _run_settings(defaults: dict[str, str], config: RunnableConfig | None) -> tuple[str, str]:
+    """Mode and solve strategy for this run: build-time defaults, overridable per call."""
+    configurable = (config or {}).get("configurable", {}) or {}
+    mode = configurable.get("mode", defaults["mode"])
+    solve = configurable.get("solve", defaults["solve"])
+    _check_choice("mode", mode, MODES)
+    _check_choice("solve strategy", solve, SOLVE_STRATEGIES)
+    return mode, solve
+
+
+def _check_input(state: dict[str, Any]) -> tuple[str, str | None]:
+    question = state.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise DivconqError("the question is empty: invoke the graph with {'question': '<your question>'}")
+    context = state.get("context")
+    if context is not None and not isinstance(context, str):
+        raise DivconqError(f"context must be a string or None, got {type(context).__name__}")
+    return question.strip(), context
+
+
+def _route(defaults: dict[str, str], policy: Policy, state: dict[str, Any], config: RunnableConfig) -> Send:
+    """The routing edge from START: pick the route and start a fresh run on it."""
+    question, context = _check_input(state)
+    mode, solve = _run_settings(defaults, config)
+    route = policy(question, context) if mode == "auto" else mode
+    _check_choice("route from the auto policy", route, ("static", "dynamic", "single"))
+    node = {"static": "decompose", "dynamic": "propose", "single": "solve_direct"}[route]
+    payload = {"question": question, "context": context, "mode": mode, "solve": solve, "route": route, "entry": True}
+    return Send(node, payload)
+
+
+def _after_decompose(state: dict[str, Any]) -> str | list[Send]:
+    if not state.get("subquestions"):
+        return "solve_direct"
+    if state["solve"] == "joint":
+        return "solve"
+    if state["solve"] == "sequential":
+        return "answer_step"
+    context = state.get("context")
+    return [
+        Send("solve_one", {"subquestion": q, "index": i, "context": context})
+        for i, q in enumerate(state["subquestions"])
+    ]
+
+
+def _after_propose(state: dict[str, Any]) -> str:
+    if state.get("pending"):
+        return "answer_step"
+    return "solve_final" if state.get("subquestions") else "solve_direct"
+
+
+def _after_answer(state: dict[str, Any]) -> str:
+    if state.get("route") == "dynamic":
+        return "propose"
+    done = len(state.get("sub_answers") or []) >= len(state.get("subquestions") or [])
+    return "solve_final" if done else "answer_step"
+
+
+def build_graph(
+    decomposer: str | BaseChatModel,
+    solver: str | BaseChatModel,
+    *,
+    mode: str = "static",
+    solve: str = "joint",
+    task: str = "math",
+    prompts: PromptSet | None = None,
+    max_subquestions: int = 3,
+    max_rounds: int = 3,
+    policy: Policy = decompose_first,
+) -> StateGraph:
+    """The uncompiled divide-and-conquer graph.
+
+    Args:
+        decomposer, solver: chat models, or model specs for ``load_chat_model``.
+        mode: "static" (the paper), "dynamic" (self-ask style), "single" or "auto";
+            override per call with ``config={"configurable": {"mode": ...}}``.
+        solve: static solving, "joint" (one solver call, the paper), "sequential" or
+            "parallel" (one call per sub-question); overridable per call like ``mode``.
+        task: prompt variant, "math", "reading" or "multihop"; ``prompts`` replaces it.
+        max_subquestions: cap on static sub-questions (3 is the paper's best).
+        max_rounds: cap on dynamic rounds.
+        policy: for ``mode="auto"``, ``(question, context) -> "static"|"dynamic"|"single"``.
+    """
+    _check_choice("mode", mode, MODES)
+    _check_choice("solve strategy", solve, SOLVE_STRATEGIES)
+    _check_cap("max_subquestions", max_subquestions)
+    _check_cap("max_rounds", max_rounds)
+    if not callable(policy):
+        raise DivconqError(f"policy must be a function (question, context) -> route, got {policy!r}")
+    settings = N.NodeSettings(
+        decomposer=load_chat_model(decomposer, role=N.DECOMPOSER),
+        solver=load_chat_model(solver, role=N.SOLVER),
+        prompts=prompts or get_prompts(task),
+        max_subquestions=max_subquestions,
+        max_rounds=max_rounds,
+    )
+    defaults = {"mode": mode, "solve": solve}
+
+    builder = StateGraph(DivConqState, input_schema=InputState, output_schema=OutputState)
+    for name, node in [
+        ("decompose", N.decompose),
+        ("propose", N.propose_next),
+        ("answer_step", N.answer_step),
+        ("solve", N.solve_joint),
+        ("solve_one", N.solve_one),
+        ("solve_final", N.solve_final),
+        ("solve_direct", N.solve_direct),
+    ]:
+        builder.add_node(name, partial(node, settings))
+    builder.add_conditional_edges(START, partial(_route, defaults, policy), ["decompose", "propose", "solve_direct"])
+    builder.add_conditional_edges("decompose", _after_decompose, ["solve", "answer_step", "solve_one", "solve_direct"])
+    builder.add_conditional_edges("propose", _after_propose, ["answer_step", "solve_final", "solve_direct"])
+    builder.add_conditional_edges("answer_step", _after_answer, ["propose", "answer_step", "solve_final"])
+    builder.add_edge("solve_one", "solve_final")
+    for last in ("solve", "solve_final", "solve_direct"):
+        builder.add_edge(last, END)
+    return builder

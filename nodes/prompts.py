@@ -1,0 +1,230 @@
+"""Prompts for the decomposer and the solver, after arXiv 2402.15000.
+
+Every model call in the graph builds its messages with one of the ``*_messages``
+functions below; the distillation code builds SFT data with the same functions, so a
+student is trained on exactly the prompt it sees at inference time. Bump
+``PROMPT_VERSION`` whenever a template changes: adapters record it in their manifest.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, fields, replace
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+PROMPT_VERSION = "1"
+
+# The paper's zero-shot decomposition instruction (Appendix), kept close to its wording.
+_DECOMPOSE = (
+    "Your task is to break down a given complex {kind} into the most relevant and helpful "
+    "sub-questions, ensuring that no more than {max_subquestions} sub-questions are "
+    "formulated for each question. {inputs} If the question does not need breaking down "
+    'to be answered, return "No decomposition"; otherwise, list the necessary '
+    "sub-questions, one per line, numbered. Only return sub-questions that directly aid "
+    "in answering the original question."
+)
+_NEXT = (
+    "You are breaking down a complex {kind} one step at a time. {inputs} Given the "
+    "sub-questions answered so far, write the single next sub-question that helps answer "
+    'the original question. If the answers so far are enough, reply exactly "No more '
+    'sub-questions".'
+)
+_SOLVE = (
+    "Solve the {kind} by answering the sub-questions one by one, then the original "
+    'question. End your response with "The answer is: " followed by the final answer{fmt}.'
+)
+_SOLVE_ONE = 'Answer the question concisely. End your response with "The answer is: " followed by the answer.'
+_SOLVE_FINAL = (
+    "Answer the original {kind} using the answers to its sub-questions. "
+    'End your response with "The answer is: " followed by the final answer{fmt}.'
+)
+_DIRECT = 'Solve the {kind} step by step. End your response with "The answer is: " followed by the final answer{fmt}.'
+
+_TASKS = {
+    "math": dict(kind="math word problem", inputs="The question will be provided to you.", fmt=" as a number"),
+    "reading": dict(
+        kind="question about a passage",
+        inputs="Both the passage and the question will be provided to you.",
+        fmt="",
+    ),
+    "multihop": dict(kind="multi-hop question", inputs="The question will be provided to you.", fmt=""),
+}
+
+# One worked decomposition, shown to base models that were never trained on the format
+# (small models write no usable sub-questions zero-shot). Distilled students do not need it.
+_EXAMPLES = {
+    "math": (
+        "Natalia sold clips to 48 of her friends in April, and then she sold half as many "
+        "clips in May. How many clips did Natalia sell altogether in April and May?",
+        "1. How many clips did Natalia sell in May?\n"
+        "2. How many clips did Natalia sell altogether in April and May?",
+    ),
+    "reading": (
+        "How many more yards was the longest touchdown pass than the shortest?",
+        "1. How many yards was the longest touchdown pass?\n"
+        "2. How many yards was the shortest touchdown pass?\n"
+        "3. What is the difference between the two?",
+    ),
+    "multihop": (
+        "Who was president of the United States when the Eiffel Tower was completed?",
+        "1. In what year was the Eiffel Tower completed?\n"
+        "2. Who was president of the United States in that year?",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """All templates the graph uses. Replace any field with ``dataclasses.replace``.
+
+    Template fields: ``{question}``, ``{context_block}`` (empty or "Context: ...\\n\\n"),
+    ``{subquestions_block}``, ``{qa_block}``, ``{subquestion}``, ``{max_subquestions}``.
+    """
+
+    decompose_system: str
+    decompose_user: str
+    next_system: str
+    next_user: str
+    solve_system: str
+    solve_user: str
+    solve_one_system: str
+    solve_one_user: str
+    solve_final_system: str
+    solve_final_user: str
+    direct_system: str
+    direct_user: str
+    example: tuple[str, str] | None = None
+    version: str = PROMPT_VERSION
+
+    def __post_init__(self) -> None:
+        allowed = {"question", "context_block", "subquestions_block", "qa_block", "subquestion", "max_subquestions"}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("example", "version") or not isinstance(value, str):
+                continue
+            names = {name for _, name, _, _ in string.Formatter().parse(value) if name}
+            unknown = names - allowed
+            if unknown:
+                raise ValueError(
+                    f"prompt field {f.name!r} uses unknown placeholder(s) {sorted(unknown)}; "
+                    f"use only {sorted(allowed)} (double braces for literal ones)"
+                )
+
+
+def get_prompts(task: str = "math", *, one_shot: bool = False) -> PromptSet:
+    """The prompt set for ``task`` ("math", "reading" or "multihop")."""
+    if task not in _TASKS:
+        raise ValueError(f"unknown task {task!r}: choose one of {sorted(_TASKS)}")
+    t = _TASKS[task]
+    # Only {max_subquestions} survives into the template; the task words are filled now.
+    decompose = _DECOMPOSE.format(max_subquestions="{max_subquestions}", **t)
+    return PromptSet(
+        decompose_system=decompose,
+        decompose_user="{context_block}Question: {question}",
+        next_system=_NEXT.format(**t),
+        next_user="{context_block}Question: {question}\n\nAnswered so far:\n{qa_block}",
+        solve_system=_SOLVE.format(**t),
+        solve_user="{context_block}Question: {question}\n\nSub-questions:\n{subquestions_block}",
+        solve_one_system=_SOLVE_ONE,
+        solve_one_user="{context_block}{qa_block}Question: {subquestion}",
+        solve_final_system=_SOLVE_FINAL.format(**t),
+        solve_final_user="{context_block}Question: {question}\n\nSub-questions and their answers:\n{qa_block}",
+        direct_system=_DIRECT.format(**t),
+        direct_user="{context_block}Question: {question}",
+        example=_EXAMPLES[task] if one_shot else None,
+    )
+
+
+def with_example(prompts: PromptSet, example: tuple[str, str] | None) -> PromptSet:
+    """A copy of ``prompts`` with (or, for ``None``, without) a one-shot decomposition example."""
+    return replace(prompts, example=example)
+
+
+def _context_block(context: str | None) -> str:
+    return f"Context: {context.strip()}\n\n" if context and context.strip() else ""
+
+
+def _numbered(items: list[str]) -> str:
+    return "\n".join(f"{i}. {q}" for i, q in enumerate(items, 1))
+
+
+def _qa_block(subquestions: list[str], answers: list[str]) -> str:
+    return "\n".join(f"Q{i}: {q}\nA{i}: {a}" for i, (q, a) in enumerate(zip(subquestions, answers), 1))
+
+
+def _render(template: str, **values: object) -> str:
+    return template.format(**values)
+
+
+def decompose_messages(
+    prompts: PromptSet, question: str, context: str | None = None, max_subquestions: int = 3
+) -> list[BaseMessage]:
+    """Messages for a static decomposition: all sub-questions at once."""
+    system = _render(prompts.decompose_system, max_subquestions=max_subquestions)
+    messages: list[BaseMessage] = [SystemMessage(system)]
+    if prompts.example:
+        example_q, example_d = prompts.example
+        messages += [
+            HumanMessage(_render(prompts.decompose_user, question=example_q, context_block="")),
+            AIMessage(example_d),
+        ]
+    user = _render(prompts.decompose_user, question=question, context_block=_context_block(context))
+    return messages + [HumanMessage(user)]
+
+
+def next_subquestion_messages(
+    prompts: PromptSet, question: str, context: str | None, subquestions: list[str], answers: list[str]
+) -> list[BaseMessage]:
+    """Messages for one dynamic step: the next sub-question given those answered so far."""
+    qa = _qa_block(subquestions, answers) or "(none yet)"
+    user = _render(prompts.next_user, question=question, context_block=_context_block(context), qa_block=qa)
+    return [SystemMessage(prompts.next_system), HumanMessage(user)]
+
+
+def solve_messages(
+    prompts: PromptSet, question: str, context: str | None, subquestions: list[str]
+) -> list[BaseMessage]:
+    """The paper's solver call: answer all sub-questions in order, then the question."""
+    user = _render(
+        prompts.solve_user,
+        question=question,
+        context_block=_context_block(context),
+        subquestions_block=_numbered(subquestions),
+    )
+    return [SystemMessage(prompts.solve_system), HumanMessage(user)]
+
+
+def solve_one_messages(
+    prompts: PromptSet,
+    subquestion: str,
+    context: str | None,
+    previous_subquestions: list[str] = (),  # type: ignore[assignment]
+    previous_answers: list[str] = (),  # type: ignore[assignment]
+) -> list[BaseMessage]:
+    """Answer one sub-question, optionally with the earlier ones and their answers."""
+    qa = _qa_block(list(previous_subquestions), list(previous_answers))
+    qa_block = f"Earlier questions and answers:\n{qa}\n\n" if qa else ""
+    user = _render(
+        prompts.solve_one_user, subquestion=subquestion, context_block=_context_block(context), qa_block=qa_block
+    )
+    return [SystemMessage(prompts.solve_one_system), HumanMessage(user)]
+
+
+def solve_final_messages(
+    prompts: PromptSet, question: str, context: str | None, subquestions: list[str], answers: list[str]
+) -> list[BaseMessage]:
+    """Answer the original question from its answered sub-questions."""
+    user = _render(
+        prompts.solve_final_user,
+        question=question,
+        context_block=_context_block(context),
+        qa_block=_qa_block(subquestions, answers),
+    )
+    return [SystemMessage(prompts.solve_final_system), HumanMessage(user)]
+
+
+def direct_messages(prompts: PromptSet, question: str, context: str | None = None) -> list[BaseMessage]:
+    """The single-stage baseline: the solver answers the question directly."""
+    user = _render(prompts.direct_user, question=question, context_block=_context_block(context))
+    return [SystemMessage(prompts.direct_system), HumanMessage(user)]
