@@ -40,18 +40,20 @@ _NUMBER = re.compile(
 _GSM8K_FINAL = "####"
 
 
-def _last_number(text: str) -> Decimal | None:
-    """Last number in ``text`` (after the last '####' if there is one), as an exact Decimal.
+def _final_number(text: str) -> Decimal | None:
+    """The answer number of ``text`` as an exact Decimal.
 
-    Decimal makes '18', '18.0' and '18.00' equal without float rounding surprises;
-    commas, '$' and a trailing '%' are formatting, not part of the value.
+    GSM8K style '#### 72' wins (first number after the last '####'); otherwise the
+    last number in the text, since models state the result at the end. Decimal makes
+    '18', '18.0' and '18.00' equal without float surprises; commas, '$' and a
+    trailing '%' are formatting, not part of the value.
     """
     if _GSM8K_FINAL in text:
-        text = text.rsplit(_GSM8K_FINAL, 1)[1]
-    matches = list(_NUMBER.finditer(text))
-    if not matches:
+        match = _NUMBER.search(text.rsplit(_GSM8K_FINAL, 1)[1])
+    else:
+        match = next(reversed(list(_NUMBER.finditer(text))), None)
+    if match is None:
         return None
-    match = matches[-1]
     try:
         value = Decimal(match["num"].replace(",", ""))
     except InvalidOperation:  # pragma: no cover - the regex only admits valid numbers
@@ -60,11 +62,11 @@ def _last_number(text: str) -> Decimal | None:
 
 
 def gsm8k_em(prediction: str, gold: str) -> float:
-    """1.0 when the last number of the prediction equals the gold number, else 0.0.
+    """1.0 when the prediction's final number equals the gold number, else 0.0.
 
     ``gold`` may be the bare number or a full GSM8K answer ending in '#### <number>'.
     """
-    predicted, expected = _last_number(prediction), _last_number(gold)
+    predicted, expected = _final_number(prediction), _final_number(gold)
     return float(predicted is not None and expected is not None and predicted == expected)
 
 

@@ -1,6 +1,6 @@
 """The divide-and-conquer LangGraph graph."""
 
-from divconq.graph.builder import MODES, SOLVE_STRATEGIES, build_graph, decompose_first
+from divconq.graph.builder import MODES, SOLVE_STRATEGIES, assemble_graph, build_graph, decompose_first
 from divconq.graph.state import DivConqState, InputState, OutputState
 
-__all__ = ["DivConqState", "InputState", "MODES", "OutputState", "SOLVE_STRATEGIES", "build_graph", "decompose_first"]
+__all__ = ["DivConqState", "InputState", "MODES", "OutputState", "SOLVE_STRATEGIES", "assemble_graph", "build_graph", "decompose_first"]

@@ -147,8 +147,14 @@ def build_graph(
         max_subquestions=max_subquestions,
         max_rounds=max_rounds,
     )
-    defaults = {"mode": mode, "solve": solve}
+    return assemble_graph(settings, mode=mode, solve=solve, policy=policy)
 
+
+def assemble_graph(
+    settings: N.NodeSettings | None, *, mode: str = "static", solve: str = "joint", policy: Policy = decompose_first
+) -> StateGraph:
+    """Wire the nodes and edges. ``settings=None`` gives the bare structure, for drawing."""
+    defaults = {"mode": mode, "solve": solve}
     builder = StateGraph(DivConqState, input_schema=InputState, output_schema=OutputState)
     for name, node in [
         ("decompose", N.decompose),

@@ -18,7 +18,7 @@ _LABEL = re.compile(
     r"""^\s*(?:
         (?:[-*•·]+|\#+)\s*                                  # bullets, markdown headers
       | \(?\d{1,2}\s*[.):\]]\s*                             # 1.  1)  (1)  1:
-      | (?:sub[-\s]?questions?|sub[-\s]?q|q|question|step)\s*\#?\d{0,2}\s*[:.)\-–]\s*   # labels
+      | (?:next\s+)?(?:sub[-\s]?questions?|sub[-\s]?q|q|question|step|next)\s*\#?\d{0,2}\s*[:.)\-–]\s*   # labels
     )+""",
     re.IGNORECASE | re.VERBOSE,
 )

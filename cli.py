@@ -1,0 +1,150 @@
+"""The `divconq` command line: ask, draw, and the distillation workflow.
+
+Bad input ends in one line on stderr naming the problem and the fix, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from divconq.errors import DivconqError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str) -> Callable:
+    def register(fn: Callable[[argparse.Namespace], int]) -> Callable:
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def _read_context(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise DivconqError(f"cannot read context file {path!r} ({reason}): pass a readable UTF-8 text file") from exc
+
+
+def graph_for_cli(args: argparse.Namespace) -> Any:
+    """The compiled graph for the chosen specs; the bare embedded decomposer gets a one-shot prompt."""
+    from divconq.graph import build_graph
+    from divconq.nodes import load_chat_model
+    from divconq.nodes.models import DEFAULT_ADAPTER_DIR
+    from divconq.nodes.prompts import get_prompts
+
+    decomposer = load_chat_model(args.decomposer, role="decomposer", max_new_tokens=args.max_new_tokens)
+    solver = load_chat_model(args.solver, role="solver", max_new_tokens=args.max_new_tokens)
+    # Small base models write no usable sub-questions zero-shot; until a distilled
+    # adapter is there, the embedded decomposer is shown one worked example.
+    untrained_default = args.decomposer == "default" and not (DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file()
+    prompts = get_prompts(args.task, one_shot=untrained_default)
+    return build_graph(
+        decomposer, solver, mode=args.mode, solve=args.solve, prompts=prompts, max_subquestions=args.max_subquestions
+    ).compile()
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """The human-readable answer: route, sub-questions with answers, answer, usage."""
+    lines = [f"Route: {result.get('route')}" + (f"  ({result['fallback_reason']})" if result.get("fallback_reason") else "")]
+    subquestions, answers = result.get("subquestions") or [], result.get("sub_answers") or []
+    if subquestions:
+        lines.append("Sub-questions:")
+        for i, q in enumerate(subquestions):
+            lines.append(f"  {i + 1}. {q}")
+            if i < len(answers):
+                lines.append(f"     -> {answers[i]}")
+    lines.append(f"Answer: {result.get('answer')}")
+    lines.append("Usage:")
+    for role, stats in (result.get("usage") or {}).items():
+        lines.append(
+            f"  {role:<10} calls {stats['calls']:>2}  tokens in {stats['input_tokens']:>5} out {stats['output_tokens']:>5}"
+            f"  {stats['seconds']:.1f} s"
+        )
+    return "\n".join(lines)
+
+
+@command("ask")
+def cmd_ask(args: argparse.Namespace) -> int:
+    if not args.question.strip():
+        raise DivconqError('the question is empty: run divconq ask "<your question>"')
+    context = _read_context(args.context)
+    graph = graph_for_cli(args)
+    result = graph.invoke({"question": args.question, "context": context})
+    print(json.dumps(result, indent=2) if args.json else format_result(result))
+    return 0
+
+
+@command("draw")
+def cmd_draw(args: argparse.Namespace) -> int:
+    from divconq.graph import assemble_graph
+    from divconq.graph.draw import draw_png
+
+    drawable = assemble_graph(None).compile().get_graph()
+    mermaid = drawable.draw_mermaid()
+    out = Path(args.out)
+    mermaid_path = out.with_suffix(".mmd")
+    mermaid_path.write_text(mermaid)
+    draw_png(drawable, out)
+    print(mermaid)
+    print(f"wrote {mermaid_path} and {out}", file=sys.stderr)
+    return 0
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--decomposer", default="default", help="model spec of the decomposer (default: %(default)s)")
+    parser.add_argument("--solver", default="default", help="model spec of the solver (default: %(default)s)")
+    parser.add_argument("--mode", default="static", choices=["static", "dynamic", "single", "auto"])
+    parser.add_argument("--solve", default="joint", choices=["joint", "sequential", "parallel"])
+    parser.add_argument("--task", default="math", choices=["math", "reading", "multihop"], help="prompt variant")
+    parser.add_argument("--max-subquestions", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="divconq", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ask = sub.add_parser("ask", help="answer a question through the graph")
+    ask.add_argument("question")
+    ask.add_argument("--context", metavar="FILE", help="a text file with the passage the question is about")
+    ask.add_argument("--json", action="store_true", help="print the full result as JSON")
+    _add_model_args(ask)
+
+    draw = sub.add_parser("draw", help="write the graph as Mermaid text and a PNG (offline)")
+    draw.add_argument("--out", default="graph.png", help="PNG path; the Mermaid text goes beside it as .mmd")
+
+    for extend in EXTENSIONS:
+        extend(sub)
+    return parser
+
+
+# Subcommands registered by other modules (distillation, evaluation) add themselves here.
+EXTENSIONS: list[Callable[[Any], None]] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except DivconqError as exc:
+        print(f"divconq: error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"divconq: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("divconq: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

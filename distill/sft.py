@@ -1,0 +1,549 @@
+"""Supervised fine-tuning data from teacher traces, after arXiv 2402.15000.
+
+The paper distils either part of a two-stage (decompose, then solve) pipeline:
+
+=========  ==========  ==========  ===================================================
+variant    screen      answer      paper name: what the student learns
+=========  ==========  ==========  ===================================================
+decomposer none        -           S_D-T: every usable teacher decomposition
+decomposer gold        -           S_D-R: decompositions of runs whose answer was right
+solver     none|gold   teacher     S_E-T: the teacher's sub-answers and final answer
+solver     none|gold   gold        S_E-A: the same with the final answer set to gold
+=========  ==========  ==========  ===================================================
+
+Every prompt is *rebuilt* with the ``*_messages`` functions of
+:mod:`divconq.nodes.prompts` (zero-shot, exactly what the student sees at inference),
+never copied from the trace, so a teacher run with a one-shot example still teaches
+the zero-shot prompt. Decomposer completions are a canonical rendering of the parsed
+sub-questions ("1. ...\\n2. ..."), or exactly ``"No decomposition"``.
+
+Output (``out_dir``)::
+
+    train.jsonl, validation.jsonl                     {"messages": [system, user, assistant]}
+    train_prompt_completion.jsonl, validation_...    {"prompt": [...], "completion": [assistant]}
+    summary.json                                      counts, drop reasons, settings
+
+Both formats are TRL conversational formats; ``divconq.distill.train`` reads
+``train.jsonl``. The train/validation split hashes the normalised question (and its
+context), so adding traces later never moves a question across the split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+from divconq.errors import DivconqError
+from divconq.nodes.parsing import NO_DECOMPOSITION, is_no_decomposition, parse_subquestions
+from divconq.nodes.prompts import decompose_messages, get_prompts, solve_messages
+
+__all__ = [
+    "SFT_FILES",
+    "SftSummary",
+    "build_sft",
+    "build_sft_from_gold",
+    "normalise_question",
+    "paper_name",
+    "sft_from_store",
+    "split_of",
+]
+
+VARIANTS = ("decomposer", "solver")
+SCREENS = ("none", "gold")
+ANSWERS = ("teacher", "gold")
+SFT_FILES = (
+    "train.jsonl",
+    "validation.jsonl",
+    "train_prompt_completion.jsonl",
+    "validation_prompt_completion.jsonl",
+    "summary.json",
+)
+SUMMARY_FILE = "summary.json"
+
+# The joint solver's node name in the graph; the others solve sub-questions one by one.
+_JOINT_SOLVER_NODE = "solve"
+_STEPWISE_NODES = {"answer_step", "solve_one", "solve_final"}
+_DYNAMIC_NODES = {"propose"}
+_ANSWER_MARKER = re.compile(r"the\s+answer\s+is\s*[:：]?", re.IGNORECASE)
+_DROP_SPAN_SEP = " | "  # divconq.distill.metrics.DROP_SPAN_SEP: how multi-span golds travel
+
+
+# --------------------------------------------------------------------------- summary
+
+
+@dataclass
+class SftSummary:
+    """What a build kept and dropped; also written to ``summary.json``."""
+
+    variant: str
+    screen: str
+    answer: str | None
+    task: str
+    paper_name: str
+    source: str  # "traces" or "gold"
+    prompt_version: str
+    max_subquestions: int
+    val_fraction: float
+    out_dir: str
+    seen: int = 0
+    kept: int = 0
+    train: int = 0
+    validation: int = 0
+    no_decomposition: int = 0  # kept decomposer examples whose completion is "No decomposition"
+    answer_appended: int = 0  # S_E-A solutions that had no "The answer is:" (gold appended)
+    dropped: dict[str, int] = field(default_factory=dict)
+    created_at: str = ""
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        """A short human-readable report (the CLI prints it)."""
+        answer = f", answer={self.answer}" if self.answer else ""
+        lines = [
+            f"SFT data {self.paper_name} ({self.variant}, screen={self.screen}{answer}, task={self.task}, "
+            f"prompts v{self.prompt_version}, source={self.source}) -> {self.out_dir}",
+            f"  seen {self.seen}, kept {self.kept} (train {self.train}, validation {self.validation}), "
+            f"dropped {self.dropped_total}",
+        ]
+        if self.no_decomposition:
+            lines.append(f"  'No decomposition' examples: {self.no_decomposition}")
+        if self.answer_appended:
+            lines.append(f"  solutions without 'The answer is:' (gold appended): {self.answer_appended}")
+        for reason, count in sorted(self.dropped.items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"  dropped {count:>5}  {reason}")
+        return "\n".join(lines)
+
+
+def paper_name(variant: str, screen: str = "none", answer: str = "teacher") -> str:
+    """The paper's name for a variant: S_D-T, S_D-R, S_E-T or S_E-A (with "+R" when a
+    solver set is also screened on gold)."""
+    if variant == "decomposer":
+        return "S_D-R" if screen == "gold" else "S_D-T"
+    name = "S_E-A" if answer == "gold" else "S_E-T"
+    return name + ("+R" if screen == "gold" else "")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def normalise_question(question: str, context: str | None = None) -> str:
+    """Dedup and split key: NFKC, collapsed whitespace, casefolded; the context (if any)
+    is part of the key, since reading-comprehension questions repeat across passages."""
+
+    def norm(text: str) -> str:
+        return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
+
+    key = norm(question or "")
+    if context and context.strip():
+        key += "\x1f" + norm(context)
+    return key
+
+
+def split_of(key: str, val_fraction: float) -> str:
+    """"validation" or "train" for a normalised key: sha1 bucket in [0, 1000)."""
+    bucket = int(hashlib.sha1(key.encode("utf-8")).hexdigest()[:8], 16) % 1000
+    return "validation" if bucket < round(val_fraction * 1000) else "train"
+
+
+def _message_dicts(messages: list[BaseMessage]) -> list[dict[str, str]]:
+    roles = {SystemMessage: "system", HumanMessage: "user", AIMessage: "assistant"}
+    out = []
+    for message in messages:
+        role = next((r for cls, r in roles.items() if isinstance(message, cls)), None)
+        if role is None:
+            raise TypeError(f"unexpected message type {type(message).__name__} in a prompt")
+        out.append({"role": role, "content": str(message.content)})
+    return out
+
+
+def _canonical_decomposition(subquestions: list[str]) -> str:
+    return "\n".join(f"{i}. {q}" for i, q in enumerate(subquestions, 1))
+
+
+def _gold_display(gold: Any) -> str | None:
+    """The first gold answer as solver output writes it (multi-span DROP: comma-joined)."""
+    if isinstance(gold, str):
+        golds = [gold]
+    else:
+        golds = [g for g in (gold or []) if isinstance(g, str) and g.strip()]
+    if not golds:
+        return None
+    return ", ".join(s.strip() for s in golds[0].split(_DROP_SPAN_SEP) if s.strip()) or None
+
+
+def with_gold_answer(solution: str, gold: str) -> tuple[str, bool]:
+    """``solution`` with what follows its last "The answer is:" replaced by ``gold``.
+
+    Returns (text, appended): without any marker the gold answer is appended on a new
+    line, as the solver prompt asks every response to end.
+    """
+    matches = list(_ANSWER_MARKER.finditer(solution))
+    if not matches:
+        return f"{solution.rstrip()}\nThe answer is: {gold}", True
+    last = matches[-1]
+    marker = last.group(0).rstrip()
+    if not marker.endswith((":", "：")):
+        marker += ":"
+    return f"{solution[: last.start()]}{marker} {gold}", False
+
+
+def _nodes(run: Any) -> set[str]:
+    return {str(getattr(call, "node", "")) for call in (getattr(run, "calls", None) or [])}
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise DivconqError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_common(task: str, max_subquestions: int, val_fraction: float) -> None:
+    try:
+        get_prompts(task)
+    except ValueError as exc:
+        raise DivconqError(str(exc)) from None
+    if not isinstance(max_subquestions, int) or max_subquestions < 1:
+        raise DivconqError(f"max_subquestions must be a positive integer; got {max_subquestions!r}")
+    if not (0.0 <= float(val_fraction) < 1.0):
+        raise DivconqError(f"val_fraction must be in [0, 1); got {val_fraction!r}")
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DivconqError(f"output path {out_dir} exists and is not a directory: choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise DivconqError(f"output dir {out_dir} already exists and is not empty: choose another dir or pass overwrite")
+
+
+# --------------------------------------------------------------------------- example builders
+
+
+def _decomposer_example(
+    run: Any, prompts: Any, max_subquestions: int
+) -> tuple[dict[str, Any] | None, str | None, bool]:
+    """(example, drop reason, is_no_decomposition) for one run."""
+    question, context = run.question, getattr(run, "context", None)
+    nodes = _nodes(run)
+    if nodes & _DYNAMIC_NODES or getattr(run, "route", None) == "dynamic":
+        return None, "dynamic run (no static decomposition to learn)", False
+    text = getattr(run, "decomposition", None) or ""
+    if not text.strip():
+        return None, "no decomposer output (single-stage run)", False
+    if is_no_decomposition(text):
+        completion, no_decomp = NO_DECOMPOSITION, True
+    else:
+        subquestions = parse_subquestions(text, max_subquestions, question)
+        if not subquestions:
+            return None, "decomposition held no usable sub-questions", False
+        completion, no_decomp = _canonical_decomposition(subquestions), False
+    prompt = _message_dicts(decompose_messages(prompts, question, context, max_subquestions))
+    return {"prompt": prompt, "completion": completion}, None, no_decomp
+
+
+def _solver_example(run: Any, prompts: Any, answer: str) -> tuple[dict[str, Any] | None, str | None, bool]:
+    """(example, drop reason, answer_appended) for one run."""
+    nodes = _nodes(run)
+    route = getattr(run, "route", None)
+    metadata = getattr(run, "metadata", None)
+    solve_mode = metadata.get("solve") if isinstance(metadata, dict) else None
+    if route != "static" or nodes & (_STEPWISE_NODES | _DYNAMIC_NODES) or solve_mode not in (None, "joint"):
+        if route == "dynamic" or nodes & _DYNAMIC_NODES:
+            how = "dynamic"
+        elif route == "static":
+            how = f"static/{solve_mode if solve_mode not in (None, 'joint') else 'stepwise'}"
+        else:
+            how = route or "unknown route"
+        return None, f"not a static joint run ({how})", False
+    if nodes and _JOINT_SOLVER_NODE not in nodes:
+        return None, "no joint solver call in the trace", False
+    subquestions = [q for q in (getattr(run, "subquestions", None) or []) if isinstance(q, str) and q.strip()]
+    if not subquestions:
+        return None, "no sub-questions", False
+    solution = getattr(run, "solution", None) or ""
+    if not solution.strip():
+        return None, "no solver output", False
+    appended = False
+    if answer == "gold":
+        gold = _gold_display(getattr(run, "gold", None))
+        if gold is None:
+            return None, "no gold answer to put in the solution", False
+        solution, appended = with_gold_answer(solution, gold)
+    prompt = _message_dicts(solve_messages(prompts, run.question, getattr(run, "context", None), subquestions))
+    return {"prompt": prompt, "completion": solution.strip()}, None, appended
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write(
+    examples: list[tuple[str, dict[str, Any]]], summary: SftSummary, out_dir: Path, overwrite: bool
+) -> SftSummary:
+    """Write the four jsonl files and summary.json into a temp dir, then move it into place."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        handles = {
+            (split, kind): open(scratch / name, "w", encoding="utf-8")
+            for split in ("train", "validation")
+            for kind, name in (("messages", f"{split}.jsonl"), ("pc", f"{split}_prompt_completion.jsonl"))
+        }
+        try:
+            for split, example in examples:
+                assistant = {"role": "assistant", "content": example["completion"]}
+                messages = {"messages": example["prompt"] + [assistant]}
+                pc = {"prompt": example["prompt"], "completion": [assistant]}
+                handles[(split, "messages")].write(json.dumps(messages, ensure_ascii=False) + "\n")
+                handles[(split, "pc")].write(json.dumps(pc, ensure_ascii=False) + "\n")
+        finally:
+            for handle in handles.values():
+                handle.close()
+        (scratch / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        if out_dir.exists():
+            _check_out_dir(out_dir, overwrite)  # again: it may have appeared meanwhile
+            shutil.rmtree(out_dir)
+        os.replace(scratch, out_dir)
+    except OSError as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if exc.errno == 28:  # ENOSPC
+            raise DivconqError(f"disk full while writing SFT data to {out_dir}: free space and rerun") from None
+        raise
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return summary
+
+
+def _finish(
+    kept: list[tuple[str, dict[str, Any]]],
+    summary: SftSummary,
+    dropped: Counter,
+    out_dir: Path,
+    overwrite: bool,
+    empty_hint: str,
+) -> SftSummary:
+    summary.dropped = dict(sorted(dropped.items()))
+    summary.kept = len(kept)
+    summary.train = sum(1 for split, _ in kept if split == "train")
+    summary.validation = summary.kept - summary.train
+    summary.created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if not kept:
+        reasons = "; ".join(f"{n} {r}" for r, n in dropped.most_common(3)) or "no runs given"
+        raise DivconqError(f"no {summary.paper_name} examples left from {summary.seen} input(s) ({reasons}): {empty_hint}")
+    if summary.train == 0:
+        raise DivconqError(
+            f"all {summary.kept} {summary.paper_name} examples fell in the validation split: "
+            "collect more traces or lower val_fraction"
+        )
+    return _write(kept, summary, out_dir, overwrite)
+
+
+def build_sft(
+    runs: Iterable[Any],
+    *,
+    variant: str = "decomposer",
+    screen: str = "none",
+    answer: str = "teacher",
+    out_dir: str | Path,
+    task: str = "math",
+    max_subquestions: int = 3,
+    val_fraction: float = 0.1,
+    overwrite: bool = False,
+) -> SftSummary:
+    """Build SFT data for one paper variant from teacher runs and write it to ``out_dir``.
+
+    ``runs``: any iterable of objects with ``TraceRun``'s attributes (question, context,
+    gold, correct, route, subquestions, decomposition, solution, status, calls, ...).
+    Raises ``DivconqError`` on bad settings, an existing non-empty ``out_dir`` (unless
+    ``overwrite``), or when no example survives screening.
+    """
+    _check_choice("variant", variant, VARIANTS)
+    _check_choice("screen", screen, SCREENS)
+    _check_choice("answer", answer, ANSWERS)
+    if variant == "decomposer" and answer != "teacher":
+        raise DivconqError("answer='gold' applies to the solver variant only (S_E-A); use variant='solver'")
+    _check_common(task, max_subquestions, val_fraction)
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, overwrite)
+    prompts = get_prompts(task)  # zero-shot: what the student sees at inference
+    summary = SftSummary(
+        variant=variant,
+        screen=screen,
+        answer=answer if variant == "solver" else None,
+        task=task,
+        paper_name=paper_name(variant, screen, answer),
+        source="traces",
+        prompt_version=prompts.version,
+        max_subquestions=max_subquestions,
+        val_fraction=float(val_fraction),
+        out_dir=str(out_dir),
+    )
+    dropped: Counter = Counter()
+    kept: list[tuple[str, dict[str, Any]]] = []
+    seen_keys: set[str] = set()
+    for run in runs:
+        summary.seen += 1
+        status = getattr(run, "status", "ok")
+        if status not in (None, "ok"):
+            dropped[f"run status {status!r}"] += 1
+            continue
+        question = getattr(run, "question", None)
+        if not isinstance(question, str) or not question.strip():
+            dropped["no question"] += 1
+            continue
+        if screen == "gold":
+            correct = getattr(run, "correct", None)
+            if correct is None:
+                dropped["no gold to screen against"] += 1
+                continue
+            if not correct:
+                dropped["answer did not match gold"] += 1
+                continue
+        if variant == "decomposer":
+            example, reason, flag = _decomposer_example(run, prompts, max_subquestions)
+        else:
+            example, reason, flag = _solver_example(run, prompts, answer)
+        if example is None:
+            dropped[reason] += 1
+            continue
+        key = normalise_question(question, getattr(run, "context", None))
+        if key in seen_keys:
+            dropped["duplicate question (kept the first)"] += 1
+            continue
+        seen_keys.add(key)
+        if variant == "decomposer":
+            summary.no_decomposition += int(flag)
+        else:
+            summary.answer_appended += int(flag)
+        kept.append((split_of(key, val_fraction), example))
+    if screen == "gold":
+        hint = "no run matched gold: collect traces with --gold so runs are scored, or use --screen none"
+    elif variant == "solver":
+        hint = "the solver variants need static joint runs (mode static, solve joint) with sub-questions"
+    else:
+        hint = "the decomposer variants need static runs whose decomposer wrote sub-questions"
+    return _finish(kept, summary, dropped, out_dir, overwrite, hint)
+
+
+def sft_from_store(
+    store_path: str | Path,
+    *,
+    variant: str = "decomposer",
+    screen: str = "none",
+    answer: str = "teacher",
+    out_dir: str | Path,
+    task: str = "math",
+    max_subquestions: int = 3,
+    val_fraction: float = 0.1,
+    overwrite: bool = False,
+) -> SftSummary:
+    """:func:`build_sft` over the successful runs of a trace store."""
+    from divconq.distill.traces import TraceStore
+
+    store_path = Path(store_path)
+    if not store_path.exists():
+        raise DivconqError(f"trace store {store_path} does not exist: collect traces first (divconq collect)")
+    store = TraceStore(store_path)
+    try:
+        return build_sft(
+            store.runs(status="ok"),
+            variant=variant,
+            screen=screen,
+            answer=answer,
+            out_dir=out_dir,
+            task=task,
+            max_subquestions=max_subquestions,
+            val_fraction=val_fraction,
+            overwrite=overwrite,
+        )
+    finally:
+        close = getattr(store, "close", None)
+        if callable(close):
+            close()
+
+
+def build_sft_from_gold(
+    examples: Iterable[Any],
+    out_dir: str | Path,
+    *,
+    task: str = "math",
+    max_subquestions: int = 3,
+    val_fraction: float = 0.1,
+    overwrite: bool = False,
+) -> SftSummary:
+    """Decomposer SFT data from gold decompositions (``Example.gold_subquestions``).
+
+    Examples without gold sub-questions, or with more than ``max_subquestions`` of them
+    (the prompt promises at most that many; raise ``max_subquestions`` to keep them),
+    are dropped with a reason.
+    """
+    _check_common(task, max_subquestions, val_fraction)
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, overwrite)
+    prompts = get_prompts(task)
+    summary = SftSummary(
+        variant="decomposer",
+        screen="none",
+        answer=None,
+        task=task,
+        paper_name="S_D-gold",
+        source="gold",
+        prompt_version=prompts.version,
+        max_subquestions=max_subquestions,
+        val_fraction=float(val_fraction),
+        out_dir=str(out_dir),
+    )
+    dropped: Counter = Counter()
+    kept: list[tuple[str, dict[str, Any]]] = []
+    seen_keys: set[str] = set()
+    for example in examples:
+        summary.seen += 1
+        question = getattr(example, "question", None)
+        context = getattr(example, "context", None)
+        if not isinstance(question, str) or not question.strip():
+            dropped["no question"] += 1
+            continue
+        gold = [" ".join(q.split()) for q in (getattr(example, "gold_subquestions", None) or ()) if q and q.strip()]
+        if not gold:
+            dropped["no gold sub-questions"] += 1
+            continue
+        if len(gold) > max_subquestions:
+            dropped[f"more than {max_subquestions} gold sub-questions"] += 1
+            continue
+        key = normalise_question(question, context)
+        if key in seen_keys:
+            dropped["duplicate question (kept the first)"] += 1
+            continue
+        seen_keys.add(key)
+        prompt = _message_dicts(decompose_messages(prompts, question, context, max_subquestions))
+        kept.append((split_of(key, val_fraction), {"prompt": prompt, "completion": _canonical_decomposition(gold)}))
+    hint = "use a dataset with gold decompositions (e.g. gsm8k socratic, strategyqa, break) or raise max_subquestions"
+    return _finish(kept, summary, dropped, out_dir, overwrite, hint)
+
+
+def read_summary(data_dir: str | Path) -> dict[str, Any] | None:
+    """The ``summary.json`` of an SFT data dir, or None when there is none."""
+    path = Path(data_dir) / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DivconqError(f"{path} is unreadable ({exc}): rebuild the SFT data") from None
+

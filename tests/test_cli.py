@@ -1,0 +1,60 @@
+"""The command line: bad input gives one clear line and exit code 2; draw works offline."""
+
+import subprocess
+import sys
+
+import pytest
+
+from divconq.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "divconq.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["ask", ""], "the question is empty"),
+        (["ask", "What is 2+3?", "--context", "/nonexistent/passage.txt"], "cannot read context file"),
+        (["ask", "What is 2+3?", "--decomposer", "nonsense"], "unknown model spec"),
+        (["ask", "What is 2+3?", "--decomposer", "hf:/nonexistent/model"], "cannot load model"),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("divconq: error")]) == 1
+
+
+def test_missing_adapter_dir(tiny_model_dir, capsys):
+    assert main(["ask", "What is 2+3?", "--decomposer", f"hf:{tiny_model_dir}+adapter=/nonexistent/adapter"]) == 2
+    assert "holds no adapter_config.json" in capsys.readouterr().err
+
+
+def test_ask_on_a_local_model_prints_route_answer_and_usage(tiny_model_dir, capsys):
+    spec = f"hf:{tiny_model_dir}"
+    assert main(["ask", "What is 2 + 3?", "--decomposer", spec, "--solver", spec, "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "Route: single" in out and "Answer:" in out and "decomposer calls  1" in out
+
+
+def test_ask_json(tiny_model_dir, capsys):
+    import json
+
+    spec = f"hf:{tiny_model_dir}"
+    assert main(["ask", "What is 2 + 3?", "--decomposer", spec, "--solver", spec, "--max-new-tokens", "8", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"answer", "subquestions", "sub_answers", "route", "usage"} <= set(result)
+
+
+def test_draw_writes_mermaid_and_png(tmp_path, capsys):
+    out = tmp_path / "graph.png"
+    assert main(["draw", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    mermaid = (tmp_path / "graph.mmd").read_text()
+    for node in ("decompose", "propose", "answer_step", "solve_one", "solve_final", "solve_direct"):
+        assert node in mermaid
+    assert "__start__ -.-> decompose" in capsys.readouterr().out
