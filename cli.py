@@ -99,6 +99,55 @@ def cmd_draw(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_examples(args: argparse.Namespace) -> list:
+    from divconq.distill.datasets import load_dataset
+
+    examples = load_dataset(args.dataset, args.data)
+    return examples[: args.limit] if args.limit else examples
+
+
+def _training_ids(path: str | None) -> set[str]:
+    """Question ids a shipped or given adapter was trained on: evaluations leave them out."""
+    from divconq.nodes.models import DEFAULT_ADAPTER_DIR
+
+    source = Path(path) if path else DEFAULT_ADAPTER_DIR / "training_ids.txt"
+    if not source.is_file():
+        if path:
+            raise DivconqError(f"cannot read --exclude-ids file {path}: pass a text file with one id per line")
+        return set()
+    return {line.strip() for line in source.read_text().splitlines() if line.strip()}
+
+
+@command("eval")
+def cmd_eval(args: argparse.Namespace) -> int:
+    from divconq.distill.evaluate import evaluate, format_summary, load_pricing, summarise
+    from divconq.distill.runner import RunSettings
+
+    examples = _load_examples(args)
+    pricing = load_pricing(args.pricing)
+    graph = graph_for_cli(args)
+    run_info = {"dataset": args.dataset, "decomposer": args.decomposer, "solver": args.solver, "mode": args.mode}
+    for item in args.price_as or []:
+        role, _, key = item.partition("=")
+        if role not in ("decomposer", "solver") or key not in pricing:
+            raise DivconqError(f"--price-as {item!r}: use decomposer=KEY or solver=KEY with a key of the pricing table")
+        run_info[f"{role}_price_key"] = key
+    settings = RunSettings(concurrency=args.concurrency, progress=not args.json)
+    rows = evaluate(graph, examples, dataset=args.dataset, out=args.out, run_info=run_info, settings=settings,
+                    exclude_ids=_training_ids(args.exclude_ids))
+    summary = summarise(rows, pricing)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+@command("report")
+def cmd_report(args: argparse.Namespace) -> int:
+    from divconq.distill.evaluate import load_pricing, report
+
+    print(report(args.results, pricing=load_pricing(args.pricing), markdown_out=args.markdown, png_out=args.png))
+    return 0
+
+
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decomposer", default="default", help="model spec of the decomposer (default: %(default)s)")
     parser.add_argument("--solver", default="default", help="model spec of the solver (default: %(default)s)")
@@ -121,6 +170,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     draw = sub.add_parser("draw", help="write the graph as Mermaid text and a PNG (offline)")
     draw.add_argument("--out", default="graph.png", help="PNG path; the Mermaid text goes beside it as .mmd")
+
+    evaluate = sub.add_parser("eval", help="score the graph on a dataset (resumable)")
+    evaluate.add_argument("--dataset", required=True, help="gsm8k, drop, bamboogle, strategyqa, hotpotqa or jsonl")
+    evaluate.add_argument("--data", required=True, metavar="FILE")
+    evaluate.add_argument("--out", required=True, metavar="RESULTS.jsonl", help="appended to; finished ids are skipped")
+    evaluate.add_argument("--limit", type=int)
+    evaluate.add_argument("--concurrency", type=int, default=4)
+    evaluate.add_argument("--pricing", metavar="FILE", help='JSON {"spec": {"input": $/1K, "output": $/1K}}')
+    evaluate.add_argument("--price-as", action="append", metavar="ROLE=KEY", help="price a role as a pricing-table key")
+    evaluate.add_argument("--exclude-ids", metavar="FILE", help="ids to leave out (default: the shipped adapter's training ids)")
+    evaluate.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_model_args(evaluate)
+
+    rep = sub.add_parser("report", help="compare result files like the paper's Table 1")
+    rep.add_argument("results", nargs="+", metavar="RESULTS.jsonl")
+    rep.add_argument("--pricing", metavar="FILE")
+    rep.add_argument("--markdown", metavar="FILE")
+    rep.add_argument("--png", metavar="FILE")
 
     for extend in EXTENSIONS:
         extend(sub)

@@ -1,0 +1,231 @@
+"""Evaluation: score a graph on a dataset, summarise accuracy against cost, compare runs.
+
+``evaluate`` appends one JSON line per question to a results file and skips the ids
+already there, so a stopped evaluation resumes where it was. ``summarise`` gives the
+paper's figures: the score, tokens per question per role, the dollar cost per role from
+a pricing table, and latency percentiles. ``report`` lays several result files out like
+the paper's Table 1 and plots score against cost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from divconq.distill.datasets import Example
+from divconq.distill.metrics import score as score_prediction
+from divconq.distill.runner import Outcome, RunSettings, run_examples
+from divconq.errors import DivconqError
+
+ROLES = ("decomposer", "solver")
+
+# Per-1K-token prices in dollars. The paper's GPT-3.5 prices, and its example of a 13B
+# model priced at 13/175 of them (cost scaled by parameter count).
+PAPER_PRICING: dict[str, dict[str, float]] = {
+    "openai:gpt-3.5-turbo": {"input": 0.001, "output": 0.002},
+    "13b-student": {"input": 0.001 * 13 / 175, "output": 0.002 * 13 / 175},
+}
+
+
+def load_pricing(path: str | Path | None) -> dict[str, dict[str, float]]:
+    """A pricing table: ``{spec: {"input": $/1K tokens, "output": $/1K tokens}}``."""
+    table = dict(PAPER_PRICING)
+    if path is None:
+        return table
+    try:
+        loaded = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DivconqError(f"cannot read pricing file {path} ({exc}): pass JSON like {{\"spec\": {{\"input\": 0.001, \"output\": 0.002}}}}") from exc
+    for spec, prices in loaded.items():
+        if not isinstance(prices, dict) or not {"input", "output"} <= set(prices):
+            raise DivconqError(f"pricing file {path}: entry {spec!r} needs 'input' and 'output' prices per 1K tokens")
+        table[spec] = {"input": float(prices["input"]), "output": float(prices["output"])}
+    return table
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """The result lines of a results file; a torn last line (a killed run) is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break  # the line being written when the run was killed
+            raise DivconqError(f"{path} line {number} is not JSON ({exc.msg}): is this a divconq results file?") from exc
+    return rows
+
+
+def result_row(outcome: Outcome, dataset: str, run_info: dict[str, Any]) -> dict[str, Any]:
+    """One results line: prediction, score, sub-questions, tokens and seconds per role."""
+    example, output = outcome.example, outcome.output or {}
+    prediction = output.get("answer") or ""
+    scores = score_prediction(dataset, prediction, list(example.answers)) if example.answers else {"score": 0.0}
+    if outcome.error:
+        scores = {key: 0.0 for key in scores}  # a question the solver never answered is wrong
+    return {
+        "id": example.id,
+        "question": example.question,
+        "gold": list(example.answers),
+        "prediction": prediction,
+        **scores,
+        "route": output.get("route"),
+        "subquestions": output.get("subquestions") or [],
+        "sub_answers": output.get("sub_answers") or [],
+        "usage": output.get("usage") or {},
+        "seconds": round(outcome.seconds, 3),
+        "error": outcome.error,
+        **run_info,
+    }
+
+
+def _ensure_trailing_newline(path: Path) -> None:
+    if path.exists() and path.stat().st_size:
+        with path.open("rb+") as handle:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
+
+
+def evaluate(
+    graph: Any,
+    examples: list[Example],
+    *,
+    dataset: str,
+    out: str | Path,
+    run_info: dict[str, Any],
+    settings: RunSettings = RunSettings(),
+    exclude_ids: Iterable[str] = (),
+) -> list[dict[str, Any]]:
+    """Score ``graph`` on ``examples``, appending to ``out``; returns every row in the file."""
+    out = Path(out)
+    done = {row["id"] for row in read_results(out)}
+    excluded = set(exclude_ids)
+    todo = [e for e in examples if e.id not in done and e.id not in excluded]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _ensure_trailing_newline(out)
+    with out.open("a", encoding="utf-8") as handle:
+
+        def write(outcome: Outcome) -> None:
+            handle.write(json.dumps(result_row(outcome, dataset, run_info)) + "\n")
+            handle.flush()
+
+        run_examples(graph, todo, write, settings=settings, total=len(todo), description=f"eval {dataset}")
+    return read_results(out)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(0, math.ceil(q / 100 * len(ordered)) - 1)
+    return ordered[rank]
+
+
+def summarise(rows: list[dict[str, Any]], pricing: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+    """Score, tokens and dollars per question per role, latency p50/p95."""
+    pricing = pricing or PAPER_PRICING
+    n = len(rows)
+    if not n:
+        raise DivconqError("no results to summarise: run divconq eval first")
+    first = rows[0]
+    summary: dict[str, Any] = {
+        "n": n,
+        "dataset": first.get("dataset"),
+        "decomposer": first.get("decomposer"),
+        "solver": first.get("solver"),
+        "mode": first.get("mode"),
+        "score": 100 * sum(r.get("score", 0.0) for r in rows) / n,
+        "errors": sum(1 for r in rows if r.get("error")),
+        "latency_p50": _percentile([r["seconds"] for r in rows], 50),
+        "latency_p95": _percentile([r["seconds"] for r in rows], 95),
+        "roles": {},
+    }
+    if any("f1" in r for r in rows):
+        summary["f1"] = 100 * sum(r.get("f1", 0.0) for r in rows) / n
+    for role in ROLES:
+        tokens_in = sum(r["usage"].get(role, {}).get("input_tokens", 0) for r in rows) / n
+        tokens_out = sum(r["usage"].get(role, {}).get("output_tokens", 0) for r in rows) / n
+        prices = pricing.get(first.get(f"{role}_price_key") or first.get(role) or "")
+        cost = None if prices is None else (tokens_in * prices["input"] + tokens_out * prices["output"]) / 1000
+        summary["roles"][role] = {
+            "input_tokens_per_q": tokens_in,
+            "output_tokens_per_q": tokens_out,
+            "seconds_per_q": sum(r["usage"].get(role, {}).get("seconds", 0.0) for r in rows) / n,
+            "dollars_per_q": cost,
+        }
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [
+        f"{summary['dataset']}: {summary['n']} questions, decomposer {summary['decomposer']}, solver {summary['solver']}, mode {summary['mode']}",
+        f"score {summary['score']:.2f}" + (f"  F1 {summary['f1']:.2f}" if "f1" in summary else "") + f"  errors {summary['errors']}",
+        f"latency p50 {summary['latency_p50']:.2f} s  p95 {summary['latency_p95']:.2f} s",
+    ]
+    for role, stats in summary["roles"].items():
+        cost = "n/a (no price)" if stats["dollars_per_q"] is None else f"${stats['dollars_per_q']:.6f}"
+        lines.append(
+            f"  {role:<10} tokens/q in {stats['input_tokens_per_q']:.1f} out {stats['output_tokens_per_q']:.1f}"
+            f"  {stats['seconds_per_q']:.2f} s/q  cost/q {cost}"
+        )
+    return "\n".join(lines)
+
+
+def report(paths: list[str | Path], *, pricing: dict[str, dict[str, float]] | None = None,
+           markdown_out: str | Path | None = None, png_out: str | Path | None = None) -> str:
+    """Table 1 of the paper for several result files, as Markdown; optionally a score-vs-cost PNG."""
+    summaries = [summarise(read_results(p), pricing) for p in paths]
+
+    def dollars(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.6f}"
+
+    lines = [
+        "| decomposer | solver | mode | n | score | decomposition cost ($/q) | solving cost ($/q) | decomposer tokens/q | solver tokens/q |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        d, v = s["roles"]["decomposer"], s["roles"]["solver"]
+        lines.append(
+            f"| {s['decomposer']} | {s['solver']} | {s['mode']} | {s['n']} | {s['score']:.2f} | "
+            f"{dollars(d['dollars_per_q'])} | {dollars(v['dollars_per_q'])} | "
+            f"{d['input_tokens_per_q'] + d['output_tokens_per_q']:.0f} | {v['input_tokens_per_q'] + v['output_tokens_per_q']:.0f} |"
+        )
+    table = "\n".join(lines)
+    if markdown_out:
+        Path(markdown_out).write_text(table + "\n")
+    if png_out:
+        _plot(summaries, Path(png_out))
+    return table
+
+
+def _plot(summaries: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in summaries:
+        costs = [s["roles"][r]["dollars_per_q"] for r in ROLES]
+        tokens = sum(s["roles"][r]["input_tokens_per_q"] + s["roles"][r]["output_tokens_per_q"] for r in ROLES)
+        x = sum(costs) if all(c is not None for c in costs) else tokens
+        ax.scatter([x], [s["score"]])
+        ax.annotate(f"{s['decomposer']} / {s['solver']} ({s['mode']})", (x, s["score"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    priced = all(s["roles"][r]["dollars_per_q"] is not None for s in summaries for r in ROLES)
+    ax.set_xlabel("cost per question ($)" if priced else "tokens per question")
+    ax.set_ylabel("score")
+    ax.set_title("Score against cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
