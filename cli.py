@@ -140,6 +140,54 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """``i/n`` (1-based) -> (i, n); this machine takes the questions whose id hashes to shard i."""
+    if spec is None:
+        return None
+    try:
+        index, count = (int(part) for part in spec.split("/"))
+    except ValueError:
+        index = count = 0
+    if not (count >= 1 and 1 <= index <= count):
+        raise DivconqError(f"bad shard {spec!r}: use i/n with 1 <= i <= n, e.g. --shard 1/4")
+    return index, count
+
+
+def in_shard(example_id: str, shard: tuple[int, int] | None) -> bool:
+    import hashlib
+
+    if shard is None:
+        return True
+    index, count = shard
+    return int(hashlib.sha1(example_id.encode()).hexdigest(), 16) % count == index - 1
+
+
+@command("collect")
+def cmd_collect(args: argparse.Namespace) -> int:
+    from divconq.distill.metrics import score
+    from divconq.distill.runner import RunSettings, run_examples
+    from divconq.distill.traces import TraceRecorder, TraceStore
+
+    shard = parse_shard(args.shard)
+    examples = [e for e in _load_examples(args) if in_shard(e.id, shard)]
+    with TraceStore(args.store) as store:
+        done = store.done_example_ids(args.dataset)
+        todo = [e for e in examples if e.id not in done]
+        print(f"{len(examples)} questions, {len(examples) - len(todo)} already in {args.store}, {len(todo)} to run",
+              file=sys.stderr)
+        graph = graph_for_cli(args)
+        recorder = TraceRecorder(store, scorer=lambda answer, gold: score(args.dataset, answer or "", gold)["score"] == 1.0)
+
+        def config_for(example: Any) -> dict[str, Any]:
+            metadata = {"gold": list(example.answers), "example_id": example.id, "dataset": args.dataset}
+            return {"callbacks": [recorder], "metadata": metadata}
+
+        stats = run_examples(graph, todo, lambda outcome: None, config_for=config_for, total=len(todo),
+                             settings=RunSettings(concurrency=args.concurrency), description=f"collect {args.dataset}")
+        print(f"collected {stats.finished} runs ({stats.failed} failed) into {args.store}", file=sys.stderr)
+    return 0
+
+
 @command("report")
 def cmd_report(args: argparse.Namespace) -> int:
     from divconq.distill.evaluate import load_pricing, report
@@ -182,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--exclude-ids", metavar="FILE", help="ids to leave out (default: the shipped adapter's training ids)")
     evaluate.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_model_args(evaluate)
+
+    collect = sub.add_parser("collect", help="run the graph over a dataset and record traces (resumable)")
+    collect.add_argument("--dataset", required=True, help="gsm8k, drop, bamboogle, strategyqa, hotpotqa or jsonl")
+    collect.add_argument("--data", required=True, metavar="FILE")
+    collect.add_argument("--store", required=True, metavar="TRACES.db")
+    collect.add_argument("--limit", type=int)
+    collect.add_argument("--concurrency", type=int, default=4)
+    collect.add_argument("--shard", metavar="I/N", help="take only shard I of N (by a hash of the question id)")
+    _add_model_args(collect)
 
     rep = sub.add_parser("report", help="compare result files like the paper's Table 1")
     rep.add_argument("results", nargs="+", metavar="RESULTS.jsonl")

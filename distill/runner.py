@@ -16,6 +16,7 @@ from langchain_core.runnables import RunnableConfig
 
 from divconq.distill.datasets import Example
 from divconq.errors import DivconqError
+from divconq.nodes.nodes import is_transient_error
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class RunSettings:
     """How hard to push a model server, and when to give up on it."""
 
     concurrency: int = 4
-    retries: int = 3  # per question, for connection errors only
+    retries: int = 1  # whole-question reruns after the nodes' own retries, connection errors only
     backoff_seconds: float = 1.0  # doubled on each retry
     max_consecutive_failures: int = 5  # questions in a row lost to connection errors
     progress: bool = True
@@ -47,17 +48,6 @@ class RunStats:
     errors: list[str] = field(default_factory=list)
 
 
-def is_connection_error(exc: BaseException) -> bool:
-    """Errors that mean "the server is unreachable or overloaded", worth a retry."""
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    transient = {
-        "APIConnectionError", "APITimeoutError", "RateLimitError", "InternalServerError",
-        "ConnectError", "ReadTimeout", "ConnectTimeout", "RemoteProtocolError",
-        "ConnectionError", "TimeoutError",
-    }
-    return bool(names & transient)
-
-
 def _run_one(
     graph: Any, example: Example, config: RunnableConfig, settings: RunSettings
 ) -> Outcome:
@@ -69,11 +59,11 @@ def _run_one(
             return Outcome(example, output, None, time.perf_counter() - started)
         except Exception as exc:  # one bad question must not stop the run
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-            if is_connection_error(exc) and attempt < settings.retries:
+            if is_transient_error(exc) and attempt < settings.retries:
                 time.sleep(delay)
                 delay *= 2
                 continue
-            return Outcome(example, None, message, time.perf_counter() - started, transient=is_connection_error(exc))
+            return Outcome(example, None, message, time.perf_counter() - started, transient=is_transient_error(exc))
     raise AssertionError("unreachable")
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import Send
+from langgraph.types import CachePolicy, RetryPolicy, Send
 
 from divconq.errors import DivconqError
 from divconq.graph.state import DivConqState, InputState, OutputState
@@ -120,6 +120,9 @@ def build_graph(
     max_subquestions: int = 3,
     max_rounds: int = 3,
     policy: Policy = decompose_first,
+    retry: RetryPolicy | None = None,
+    cache_decomposer: bool | CachePolicy = False,
+    review: bool = False,
 ) -> StateGraph:
     """The uncompiled divide-and-conquer graph.
 
@@ -133,6 +136,12 @@ def build_graph(
         max_subquestions: cap on static sub-questions (3 is the paper's best).
         max_rounds: cap on dynamic rounds.
         policy: for ``mode="auto"``, ``(question, context) -> "static"|"dynamic"|"single"``.
+        retry: the ``RetryPolicy`` of every model-calling node; by default three attempts
+            on connection errors, rate limits and server errors only.
+        cache_decomposer: cache static decompositions (``True`` or a ``CachePolicy``);
+            compile with a cache, e.g. ``compile(cache=InMemoryCache())``.
+        review: pause after decomposition (``interrupt``) so a person can edit the
+            sub-questions; needs a checkpointer, resume with ``Command(resume=[...])``.
     """
     _check_choice("mode", mode, MODES)
     _check_choice("solve strategy", solve, SOLVE_STRATEGIES)
@@ -147,14 +156,26 @@ def build_graph(
         max_subquestions=max_subquestions,
         max_rounds=max_rounds,
     )
-    return assemble_graph(settings, mode=mode, solve=solve, policy=policy)
+    if isinstance(cache_decomposer, bool):
+        cache_decomposer = CachePolicy() if cache_decomposer else None
+    return assemble_graph(
+        settings, mode=mode, solve=solve, policy=policy, retry=retry, cache_decomposer=cache_decomposer, review=review
+    )
 
 
 def assemble_graph(
-    settings: N.NodeSettings | None, *, mode: str = "static", solve: str = "joint", policy: Policy = decompose_first
+    settings: N.NodeSettings | None,
+    *,
+    mode: str = "static",
+    solve: str = "joint",
+    policy: Policy = decompose_first,
+    retry: RetryPolicy | None = None,
+    cache_decomposer: CachePolicy | None = None,
+    review: bool = False,
 ) -> StateGraph:
     """Wire the nodes and edges. ``settings=None`` gives the bare structure, for drawing."""
     defaults = {"mode": mode, "solve": solve}
+    retry = retry or RetryPolicy(max_attempts=3, retry_on=N.is_transient_error)
     builder = StateGraph(DivConqState, input_schema=InputState, output_schema=OutputState)
     for name, node in [
         ("decompose", N.decompose),
@@ -165,9 +186,16 @@ def assemble_graph(
         ("solve_final", N.solve_final),
         ("solve_direct", N.solve_direct),
     ]:
-        builder.add_node(name, partial(node, settings))
+        cache = cache_decomposer if name == "decompose" else None
+        builder.add_node(name, partial(node, settings), retry_policy=retry, cache_policy=cache)
     builder.add_conditional_edges(START, partial(_route, defaults, policy), ["decompose", "propose", "solve_direct"])
-    builder.add_conditional_edges("decompose", _after_decompose, ["solve", "answer_step", "solve_one", "solve_direct"])
+    solving = ["solve", "answer_step", "solve_one", "solve_direct"]
+    if review:
+        builder.add_node("review", partial(N.review, settings))
+        builder.add_edge("decompose", "review")
+        builder.add_conditional_edges("review", _after_decompose, solving)
+    else:
+        builder.add_conditional_edges("decompose", _after_decompose, solving)
     builder.add_conditional_edges("propose", _after_propose, ["answer_step", "solve_final", "solve_direct"])
     builder.add_conditional_edges("answer_step", _after_answer, ["propose", "answer_step", "solve_final"])
     builder.add_edge("solve_one", "solve_final")

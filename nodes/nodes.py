@@ -17,6 +17,9 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import merge_configs
+from langgraph.types import interrupt
+
+from divconq.errors import DivconqError
 
 from divconq.nodes import prompts as P
 from divconq.nodes.parsing import (
@@ -42,6 +45,27 @@ class NodeSettings:
     prompts: P.PromptSet
     max_subquestions: int = 3
     max_rounds: int = 3
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """Errors that mean "the model server is unreachable or overloaded": worth a retry."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {
+        "APIConnectionError", "APITimeoutError", "RateLimitError", "InternalServerError",
+        "ConnectError", "ReadTimeout", "ConnectTimeout", "RemoteProtocolError",
+        "ConnectionError", "TimeoutError",
+    })
+
+
+def emit(**event: Any) -> None:
+    """Send a ``stream_mode="custom"`` event; a no-op outside a graph run."""
+    from langgraph.config import get_stream_writer
+
+    try:
+        writer = get_stream_writer()
+    except RuntimeError:
+        return
+    writer(event)
 
 
 def _text(message: Any) -> str:
@@ -77,6 +101,7 @@ def fresh_run(state: dict[str, Any]) -> dict[str, Any]:
     """
     if not state.get("entry"):
         return {}
+    emit(event="route", mode=state.get("mode"), route=state.get("route"), question=state["question"])
     return {
         "question": state["question"],
         "context": state.get("context"),
@@ -116,6 +141,8 @@ def decompose(settings: NodeSettings, state: dict[str, Any], config: RunnableCon
             else "decomposer output held no usable sub-questions"
         )
         update.update(route="single", fallback_reason=reason)
+        emit(event="route", route="single", reason=reason)
+    emit(event="subquestions", subquestions=subquestions)
     return _with_usage(update, usage)
 
 
@@ -133,6 +160,7 @@ def propose_next(settings: NodeSettings, state: dict[str, Any], config: Runnable
     update.update(pending=following, decomposition=(previous + "\n" + text).strip(), route="dynamic")
     if following is None and not asked:
         update.update(route="single", fallback_reason="dynamic decomposer proposed no usable first sub-question")
+        emit(event="route", route="single", reason=update["fallback_reason"])
     elif following is not None:
         update["subquestions"] = asked + [following]
     return _with_usage(update, usage)
@@ -194,3 +222,27 @@ def solve_direct(settings: NodeSettings, state: dict[str, Any], config: Runnable
     text, usage = call_model(settings.solver, messages, config, SOLVER)
     update.update(solution=text, answer=extract_answer(text), route="single", subquestions=[], sub_answers=[])
     return _with_usage(update, usage)
+
+
+def review(settings: NodeSettings, state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+    """Human in the loop: pause after decomposition so a person can edit the sub-questions.
+
+    Resume with ``Command(resume=[...sub-questions...])``; ``Command(resume=None)``
+    keeps them as they are, and an empty list answers single-stage.
+    """
+    edited = interrupt({
+        "question": state["question"],
+        "subquestions": list(state.get("subquestions") or []),
+        "resume_with": "Command(resume=[<sub-question>, ...]) to edit, Command(resume=None) to keep",
+    })
+    if edited is None:
+        return {}
+    if not isinstance(edited, (list, tuple)) or not all(isinstance(q, str) for q in edited):
+        raise DivconqError(
+            f"resume value must be a list of sub-question strings, got {type(edited).__name__}: "
+            "resume with Command(resume=['first sub-question?', ...])"
+        )
+    subquestions = [q.strip() for q in edited if q.strip()][: settings.max_subquestions]
+    if not subquestions:
+        return {"subquestions": [], "route": "single", "fallback_reason": "the reviewer removed every sub-question"}
+    return {"subquestions": subquestions, "route": "static", "fallback_reason": None}
