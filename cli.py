@@ -78,9 +78,40 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise DivconqError('the question is empty: run divconq ask "<your question>"')
     context = _read_context(args.context)
     graph = graph_for_cli(args)
-    result = graph.invoke({"question": args.question, "context": context})
+    inputs = {"question": args.question, "context": context}
+    result = stream_answer(graph, inputs) if args.stream else graph.invoke(inputs)
     print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0
+
+
+def stream_answer(graph: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Show the run as it happens: the route, the sub-questions, each answer, solver tokens."""
+    final: dict[str, Any] = {}
+    for mode, chunk in graph.stream(inputs, stream_mode=["custom", "updates", "messages", "values"]):
+        if mode == "custom" and chunk.get("event") == "route":
+            reason = f" ({chunk['reason']})" if chunk.get("reason") else ""
+            print(f"[route] {chunk['route']}{reason}", file=sys.stderr)
+        elif mode == "custom" and chunk.get("event") == "subquestions":
+            for i, q in enumerate(chunk["subquestions"], 1):
+                print(f"[sub-question {i}] {q}", file=sys.stderr)
+        elif mode == "messages":
+            message, metadata = chunk
+            if metadata.get("divconq_role") == "solver" and message.content:
+                print(message.content, end="", flush=True, file=sys.stderr)
+        elif mode == "updates":
+            for node, update in chunk.items():
+                if node in ("answer_step", "solve_one") and update:
+                    answers = update.get("sub_answers") or [a["answer"] for a in update.get("parallel_answers", [])]
+                    if answers:
+                        print(f"\n[answer] {answers[-1]}", file=sys.stderr)
+        elif mode == "values":
+            final = chunk
+    print(file=sys.stderr)
+    return {key: final.get(key) for key in OUTPUT_KEYS}
+
+
+OUTPUT_KEYS = ("question", "context", "mode", "solve", "route", "fallback_reason", "decomposition",
+               "subquestions", "sub_answers", "solution", "answer", "usage")
 
 
 @command("draw")
@@ -214,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     ask.add_argument("--context", metavar="FILE", help="a text file with the passage the question is about")
     ask.add_argument("--json", action="store_true", help="print the full result as JSON")
+    ask.add_argument("--stream", action="store_true", help="show sub-questions, answers and solver tokens as they come")
     _add_model_args(ask)
 
     draw = sub.add_parser("draw", help="write the graph as Mermaid text and a PNG (offline)")

@@ -23,11 +23,11 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage
-from langchain_core.outputs import ChatResult
+from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
 from pydantic import PrivateAttr
 
@@ -120,6 +120,27 @@ class LocalChatModel(ChatHuggingFace):
             }
             message.response_metadata["model_name"] = self.model_id
         return result
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        """Token chunks as the pipeline generates them, then one chunk with the usage."""
+        prompt = self._to_chat_prompt(messages)
+        pieces: list[str] = []
+        with self._lock:
+            # No run manager below: the chat model layer reports each chunk once itself.
+            for chunk in self.llm._stream(prompt, stop=stop, run_manager=None, **kwargs):
+                pieces.append(chunk.text)
+                yield ChatGenerationChunk(message=AIMessageChunk(content=chunk.text))
+        input_tokens, output_tokens = self._count(prompt), self._count("".join(pieces))
+        usage = {"input_tokens": input_tokens, "output_tokens": output_tokens, "total_tokens": input_tokens + output_tokens}
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(content="", usage_metadata=usage, response_metadata={"model_name": self.model_id})
+        )
 
     async def _agenerate(
         self,
