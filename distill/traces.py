@@ -19,7 +19,8 @@ import string
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -108,7 +109,9 @@ class TraceRun:
 REDACTED = "[REDACTED]"
 # Metadata keys that name credentials. "token" only as a whole word, so "max_tokens"
 # and "tokenizer" survive while "hf_token" and "accessToken" do not.
-_SECRET_KEY = re.compile(r"api[_-]?key|authori[sz]ation|secret|passw(?:or)?d|credential|(?:^|[_-])token(?:$|[_-])", re.I)
+_SECRET_KEY = re.compile(
+    r"api[_-]?key|authori[sz]ation|secret|passw(?:or)?d|credential|(?:^|[_-])token(?:$|[_-])", re.I
+)
 _SECRET_VALUES = [
     re.compile(r"\bsk-(?=[A-Za-z0-9_\-]*\d)[A-Za-z0-9_\-]{20,}"),  # OpenAI, Anthropic (sk-ant-...)
     re.compile(r"\blsv2_(?:pt|sk)_[A-Za-z0-9_]{16,}"),  # LangSmith
@@ -123,8 +126,12 @@ _SECRET_VALUES = [
 ]
 # "api_key=..." / "Authorization: ..." / "password: ..." written out in free text.
 _SECRET_ASSIGNMENT = re.compile(
-    r"(?i)\b(api[_-]?key|authori[sz]ation|access[_-]?token|auth[_-]?token|secret|password)(\s*[:=]\s*[\"']?)"
-    r"(?!\[REDACTED\])[^\s\"',;}]{4,}"
+    r"(?i)\b(api[_-]?key|access[_-]?token|auth[_-]?token|secret|passw(?:or)?d)([\"']?\s*[:=]\s*[\"']?)"
+    r"(?!\[REDACTED\])(?=[^\s\"',;}]*\d|[^\s\"',;}]{20})[^\s\"',;}]{6,}"  # token-like: a digit, or long
+)
+# An Authorization header, whatever its scheme ("Bearer", "Token", "Basic", none).
+_AUTH_HEADER = re.compile(
+    r"(?i)\b(authori[sz]ation)([\"']?\s*[:=]\s*[\"']?)(?!\[REDACTED\])(?:[A-Za-z]+\s+)?[^\s\"',;}]{6,}"
 )
 
 
@@ -134,7 +141,9 @@ def scrub_text(text: str) -> str:
         return text
     for pattern in _SECRET_VALUES:
         text = pattern.sub(REDACTED, text)
-    return _SECRET_ASSIGNMENT.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
+    for pattern in (_AUTH_HEADER, _SECRET_ASSIGNMENT):
+        text = pattern.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
+    return text
 
 
 def _is_secret_key(key: str) -> bool:
@@ -209,15 +218,9 @@ CREATE TABLE IF NOT EXISTS calls (
 );
 CREATE INDEX IF NOT EXISTS calls_run_seq ON calls (run_id, seq);
 """
-_RUN_COLUMNS = (
-    "run_id", "example_id", "dataset", "question", "context", "gold", "answer", "correct", "route",
-    "subquestions", "sub_answers", "decomposition", "solution", "usage", "started_at", "seconds",
-    "status", "error", "source", "metadata",
-)  # fmt: skip
-_CALL_COLUMNS = (
-    "call_id", "run_id", "seq", "role", "node", "model", "messages", "output", "input_tokens",
-    "output_tokens", "seconds", "started_at",
-)  # fmt: skip
+# The dataclasses mirror the tables, so their fields name the columns.
+_RUN_COLUMNS = tuple(f.name for f in fields(TraceRun) if f.name != "calls")
+_CALL_COLUMNS = tuple(f.name for f in fields(TraceCall))
 _JSON_RUN_COLUMNS = {"gold", "subquestions", "sub_answers", "usage", "metadata"}
 _PAGE = 200
 
@@ -286,7 +289,9 @@ class TraceStore:
                 if fresh:
                     self._create_schema()
         except sqlite3.Error as exc:
-            raise DivconqError(f"cannot open trace store {self.path}: {exc}; check the path and its permissions") from exc
+            raise DivconqError(
+                f"cannot open trace store {self.path}: {exc}; check the path and its permissions"
+            ) from exc
 
     # -- opening
 
@@ -308,7 +313,7 @@ class TraceStore:
             raise self._not_ours("it is a directory")
         with self.path.open("rb") as handle:
             header = handle.read(len(_SQLITE_HEADER))
-        if header and header != _SQLITE_HEADER[: len(header)] or 0 < len(header) < len(_SQLITE_HEADER):
+        if header and header != _SQLITE_HEADER:
             raise self._not_ours("not an SQLite database")
         try:
             probe = sqlite3.connect(self._ro_uri(), uri=True)
@@ -342,8 +347,17 @@ class TraceStore:
                 [("format", FORMAT), ("schema_version", SCHEMA_VERSION)],
             )
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db, self._lock)
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT under the lock: all of it is written, or none."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     # -- writing
 
@@ -463,34 +477,18 @@ class TraceStore:
         return f"TraceStore({str(self.path)!r})"
 
 
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT under the store's lock; ROLLBACK on any exception."""
-
-    def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
-        self._db, self._lock = db, lock
-
-    def __enter__(self) -> None:
-        self._lock.acquire()
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self._lock.release()
-            raise
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        try:
-            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
-        finally:
-            self._lock.release()
-
-
 # --------------------------------------------------------------------------- shared parsing
 
 
 def _normalise_answer(text: str) -> str:
     text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text.lower())  # 1,000 -> 1000
-    kept = [" " if ch in string.punctuation and not (ch == "." and 0 < i < len(text) - 1
-            and text[i - 1].isdigit() and text[i + 1].isdigit()) else ch for i, ch in enumerate(text)]  # fmt: skip
+    kept = [
+        " "
+        if ch in string.punctuation
+        and not (ch == "." and 0 < i < len(text) - 1 and text[i - 1].isdigit() and text[i + 1].isdigit())
+        else ch
+        for i, ch in enumerate(text)
+    ]
     return " ".join("".join(kept).split())
 
 
@@ -506,15 +504,29 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content blocks: keep the text
-        return "".join(b if isinstance(b, str) else str(b.get("text", "")) if isinstance(b, dict) else str(b)
-                       for b in content)  # fmt: skip
+        return "".join(
+            b if isinstance(b, str) else str(b.get("text", "")) if isinstance(b, dict) else str(b) for b in content
+        )
     return "" if content is None else str(content)
 
 
-_ROLES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "system": "system",
-          "tool": "tool", "function": "function", "developer": "system"}  # fmt: skip
-_CLASS_ROLES = {"SystemMessage": "system", "HumanMessage": "user", "AIMessage": "assistant",
-                "ToolMessage": "tool", "FunctionMessage": "function"}  # fmt: skip
+_ROLES = {
+    "human": "user",
+    "user": "user",
+    "ai": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "function": "function",
+    "developer": "system",
+}
+_CLASS_ROLES = {
+    "SystemMessage": "system",
+    "HumanMessage": "user",
+    "AIMessage": "assistant",
+    "ToolMessage": "tool",
+    "FunctionMessage": "function",
+}
 
 
 def _message(message: BaseMessage) -> dict[str, str]:
@@ -569,15 +581,17 @@ def _gold(value: Any) -> list[str] | None:
     return [str(v) for v in value] if isinstance(value, (list, tuple, set)) else [str(value)]
 
 
-def _last_message_text(messages: Any, types: tuple[str, ...]) -> str | None:
-    for message in reversed(messages if isinstance(messages, list) else []):
-        if isinstance(message, BaseMessage) and message.type in types:
-            return _content_text(message.content)
-        if isinstance(message, Mapping):
-            as_dict = _serialized_message(message)
-            if as_dict and as_dict["role"] in [_ROLES.get(t, t) for t in types]:
-                return as_dict["content"]
-    return None
+def _texts_of(messages: Any, role: str) -> list[str]:
+    """The texts of the messages with ``role`` ("user", "assistant"), as objects or dicts."""
+    found = []
+    for message in messages if isinstance(messages, list) else []:
+        if isinstance(message, BaseMessage):
+            as_dict: dict[str, str] | None = _message(message)
+        else:
+            as_dict = _serialized_message(message) if isinstance(message, Mapping) else None
+        if as_dict and as_dict["role"] == role:
+            found.append(as_dict["content"])
+    return found
 
 
 def _first_str(mapping: Mapping[str, Any], *keys: str) -> str | None:
@@ -601,15 +615,14 @@ def _fill_run(run: TraceRun, inputs: Any, outputs: Any, metadata: Mapping[str, A
     outs = outputs if isinstance(outputs, Mapping) else {}
     question = _first_str(ins, "question", "input", "query") or _first_str(outs, "question")
     if question is None:
-        human = _last_message_text(list(reversed(ins.get("messages") or [])), ("human", "user"))
-        question = human if human is not None else (inputs if isinstance(inputs, str) else _dumps(inputs) or "")
+        human = _texts_of(ins.get("messages"), "user")
+        question = human[0] if human else inputs if isinstance(inputs, str) else _dumps(inputs) or ""
     run.question = question
     run.context = _first_str(ins, "context") or _first_str(outs, "context")
     run.answer = _first_str(outs, "answer", "output")
     if run.answer is None:
-        run.answer = _last_message_text(outs.get("messages"), ("ai", "assistant"))
-    if run.answer is None and isinstance(outputs, str):
-        run.answer = outputs
+        said = _texts_of(outs.get("messages"), "assistant")
+        run.answer = said[-1] if said else outputs if isinstance(outputs, str) else None
     run.route = _first_str(outs, "route")
     for name in ("subquestions", "sub_answers"):
         if isinstance(outs.get(name), list):
@@ -639,7 +652,7 @@ def _usage_from_calls(calls: list[TraceCall]) -> dict[str, Any]:
 
 
 def _one_line(error: BaseException | str) -> str:
-    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}".rstrip(": ")
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     return (lines[0] if lines else "error")[:500]
 
@@ -666,12 +679,13 @@ class _OpenRun:
     paused: bool = False  # a node raised GraphInterrupt: the run waits for a human, not finished
 
 
-def _is_bubble_up(error: BaseException) -> bool:
+def _is_interrupt(error: BaseException) -> bool:
+    """A node paused for human input (``interrupt``): the run is not finished."""
     try:
-        from langgraph.errors import GraphBubbleUp
+        from langgraph.errors import GraphInterrupt
     except ImportError:  # pragma: no cover - langgraph is a dependency
         return False
-    return isinstance(error, GraphBubbleUp)
+    return isinstance(error, GraphInterrupt)
 
 
 class TraceRecorder(BaseCallbackHandler):
@@ -822,13 +836,29 @@ class TraceRecorder(BaseCallbackHandler):
 
     # -- tool and retriever runs only need registering, so their children find the root
 
-    def on_tool_start(self, serialized: Any, input_str: str, *, run_id: UUID, parent_run_id: UUID | None = None,
-                      metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:  # fmt: skip
+    def on_tool_start(
+        self,
+        serialized: Any,
+        input_str: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         with self._lock:
             self._enter(run_id, parent_run_id, metadata)
 
-    def on_retriever_start(self, serialized: Any, query: str, *, run_id: UUID, parent_run_id: UUID | None = None,
-                           metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:  # fmt: skip
+    def on_retriever_start(
+        self,
+        serialized: Any,
+        query: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         with self._lock:
             self._enter(run_id, parent_run_id, metadata)
 
@@ -862,14 +892,14 @@ class TraceRecorder(BaseCallbackHandler):
         self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
     ) -> None:
         if parent_run_id is not None:
-            if _is_bubble_up(error):
+            if _is_interrupt(error):
                 with self._lock:
                     root = self._where.get(run_id, (None,))[0]
                     if root in self._open:
                         self._open[root].paused = True
             return
         open_run = self._close(run_id)
-        if open_run is None or _is_bubble_up(error):
+        if open_run is None or _is_interrupt(error):
             return
         open_run.run.status, open_run.run.error = "error", _one_line(error)
         self._finish(open_run, None)
@@ -1006,12 +1036,18 @@ def _ls_trace(root: Any, members: list[Any], scorer: Scorer) -> TraceRun:
             run = by_id[run.parent_run_id]
         return _order_key(run.metadata)
 
-    llm_runs = sorted((r for r in members if r.run_type == "llm"), key=lambda r: (task_key(r), r.start_time))
+    llm_runs = sorted(
+        (r for r in members if r.run_type in ("llm", "chat_model")), key=lambda r: (task_key(r), r.start_time)
+    )
     calls = [replace(_ls_call(r, str(root.id)), seq=i) for i, r in enumerate(llm_runs)]
     run = TraceRun(
-        run_id=str(root.id), question="", started_at=root.start_time.timestamp(), seconds=root.latency,
-        source="langsmith", calls=calls,
-    )  # fmt: skip
+        run_id=str(root.id),
+        question="",
+        started_at=root.start_time.timestamp(),
+        seconds=root.latency,
+        source="langsmith",
+        calls=calls,
+    )
     if root.error or root.outputs is None:
         run.status = "error"
         run.error = _one_line(root.error or "the run had not finished when it was exported")
@@ -1026,6 +1062,11 @@ def _cost(tokens_in: Any, tokens_out: Any, seconds: Any) -> str:
     return f"{tokens_in or 0} in / {tokens_out or 0} out tok, {float(seconds or 0):.2f}s"
 
 
+def _short(text: str | None, limit: int = 160) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 def format_run_tree(run: TraceRun) -> str:
     """One run as a terminal tree: question, route, sub-questions and answers, calls, cost."""
     where = "/".join(x for x in (run.dataset, run.example_id) if x)
@@ -1033,18 +1074,18 @@ def format_run_tree(run: TraceRun) -> str:
     head += f" route={run.route or '-'} {float(run.seconds or 0):.2f}s"
     lines = [head, f"Q: {run.question}"]
     if run.context:
-        context = " ".join(run.context.split())
-        lines.append(f"   context: {context[:117] + '...' if len(context) > 120 else context}")
+        lines.append(f"   context: {_short(run.context, 120)}")
     items: list[tuple[str, list[str]]] = []  # a branch and the lines under it
     answers = run.sub_answers or []
     for i, sub in enumerate(run.subquestions or [], 1):
-        items.append((f"{i}. {sub}", [f"-> {answers[i - 1] if i <= len(answers) else '(no answer)'}"]))
+        answer = _short(answers[i - 1]) if i <= len(answers) else "(no answer)"
+        items.append((f"{i}. {_short(sub)}", [f"-> {answer}"]))
     if run.status == "error":
         items.append((f"error: {run.error}", []))
     else:
         verdict = "" if run.correct is None else (" (correct)" if run.correct else " (wrong)")
         gold = f"  gold: {' | '.join(run.gold)}" if run.gold else ""
-        items.append((f"answer: {run.answer}{verdict}{gold}", []))
+        items.append((f"answer: {_short(run.answer)}{verdict}{gold}", []))
     for i, (line, children) in enumerate(items):
         last = i == len(items) - 1
         lines.append(("└─ " if last else "├─ ") + line)
@@ -1055,5 +1096,7 @@ def format_run_tree(run: TraceRun) -> str:
             label = " ".join(x for x in (c.role, c.node, c.model) if x)
             lines.append(f"  #{c.seq} {label}: {_cost(c.input_tokens, c.output_tokens, c.seconds)}")
         for role, u in _usage_from_calls(run.calls).items():
-            lines.append(f"  {role}: {int(u['calls'])} call(s), {_cost(u['input_tokens'], u['output_tokens'], u['seconds'])}")
+            lines.append(
+                f"  {role}: {int(u['calls'])} call(s), {_cost(u['input_tokens'], u['output_tokens'], u['seconds'])}"
+            )
     return "\n".join(lines)
