@@ -219,6 +219,35 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("trace")
+def cmd_trace(args: argparse.Namespace) -> int:
+    from divconq.distill.traces import TraceStore, format_run_tree, import_langsmith_runs
+
+    if args.trace_command == "show":
+        with TraceStore(args.store, readonly=True) as store:
+            run = store.get_run(args.id) if args.id else next(store.runs(status=None), None)
+            if run is None:
+                raise DivconqError(f"no run {args.id or ''} in {args.store}: list ids with divconq trace show STORE --list".replace("  ", " "))
+            print(format_run_tree(run))
+        return 0
+    if args.trace_command == "list":
+        with TraceStore(args.store, readonly=True) as store:
+            for run in store.runs(status=None):
+                print(f"{run.run_id}  {run.status:<5} {run.dataset or '-'}:{run.example_id or '-'}  {run.question[:70]}")
+        return 0
+    if args.trace_command == "merge":
+        with TraceStore(args.store) as store:
+            for other in args.sources:
+                added = store.merge_from(other)
+                print(f"{other}: {added} runs added", file=sys.stderr)
+            print(f"{args.store}: {store.count()} runs", file=sys.stderr)
+        return 0
+    with TraceStore(args.store) as store:  # import
+        added = import_langsmith_runs(args.jsonl, store)
+        print(f"imported {added} runs from {args.jsonl} into {args.store}", file=sys.stderr)
+    return 0
+
+
 @command("report")
 def cmd_report(args: argparse.Namespace) -> int:
     from divconq.distill.evaluate import load_pricing, report
@@ -271,6 +300,20 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--concurrency", type=int, default=4)
     collect.add_argument("--shard", metavar="I/N", help="take only shard I of N (by a hash of the question id)")
     _add_model_args(collect)
+
+    trace = sub.add_parser("trace", help="inspect, merge and import trace stores")
+    trace_sub = trace.add_subparsers(dest="trace_command", required=True)
+    show = trace_sub.add_parser("show", help="print one captured run as a tree")
+    show.add_argument("store", metavar="STORE")
+    show.add_argument("--id", help="run id (default: the first run)")
+    listing = trace_sub.add_parser("list", help="one line per captured run")
+    listing.add_argument("store", metavar="STORE")
+    merge = trace_sub.add_parser("merge", help="add the runs of other stores, without duplicates")
+    merge.add_argument("store", metavar="STORE", help="the store to merge into (created if missing)")
+    merge.add_argument("sources", nargs="+", metavar="OTHER")
+    imp = trace_sub.add_parser("import", help="import LangSmith runs saved as JSON lines")
+    imp.add_argument("store", metavar="STORE")
+    imp.add_argument("jsonl", metavar="RUNS.jsonl")
 
     rep = sub.add_parser("report", help="compare result files like the paper's Table 1")
     rep.add_argument("results", nargs="+", metavar="RESULTS.jsonl")
