@@ -457,10 +457,9 @@ def sft_from_store(
     from divconq.distill.traces import TraceStore
 
     store_path = Path(store_path)
-    if not store_path.exists():
+    if not store_path.is_file():
         raise DivconqError(f"trace store {store_path} does not exist: collect traces first (divconq collect)")
-    store = TraceStore(store_path)
-    try:
+    with TraceStore(store_path, readonly=True) as store:
         return build_sft(
             store.runs(status="ok"),
             variant=variant,
@@ -472,10 +471,6 @@ def sft_from_store(
             val_fraction=val_fraction,
             overwrite=overwrite,
         )
-    finally:
-        close = getattr(store, "close", None)
-        if callable(close):
-            close()
 
 
 def build_sft_from_gold(

@@ -262,20 +262,19 @@ def _last_checkpoint(checkpoints: Path) -> Path | None:
     return Path(last) if last else None
 
 
-def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+def _check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Refuse an output dir that would mix runs; True when old checkpoints must be cleared."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DivconqError(f"output path {out_dir} exists and is not a directory: choose another output dir")
     if not out_dir.is_dir() or not any(out_dir.iterdir()):
-        return
+        return False
     checkpoints = out_dir / CHECKPOINTS
     has_checkpoints = checkpoints.is_dir() and any(checkpoints.iterdir())
     has_adapter = (out_dir / "adapter_config.json").is_file() or (out_dir / ADAPTER_MANIFEST).is_file()
     if overwrite:
-        if has_checkpoints:
-            shutil.rmtree(checkpoints)
-        return
+        return has_checkpoints
     if resume and (has_checkpoints or has_adapter):
-        return
+        return False
     if has_checkpoints:
         raise DivconqError(
             f"{out_dir} holds checkpoints of an earlier run: resume it (resume=True / --resume) "
@@ -364,7 +363,7 @@ def train(
         raise DivconqError("bf16 training needs a CUDA GPU (bf16 on CPU is very slow): leave bf16 unset")
 
     base_path = _resolve_base(base_spec)
-    _prepare_out_dir(out_dir, resume, overwrite)
+    clear_checkpoints = _check_out_dir(out_dir, resume, overwrite)
 
     model, tokenizer = load_causal_lm(base_path, for_training=True)
     if not tokenizer.chat_template:
@@ -391,6 +390,8 @@ def train(
         )
 
     checkpoints = out_dir / CHECKPOINTS
+    if clear_checkpoints:  # only now: a base that fails to load leaves the old run intact
+        shutil.rmtree(checkpoints)
     checkpoints.mkdir(parents=True, exist_ok=True)
     run_info = {"base_model": base_spec, "base_fingerprint": fingerprint}
     last = _last_checkpoint(checkpoints) if resume else None

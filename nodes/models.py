@@ -226,7 +226,9 @@ def model_fingerprint(model: Any) -> str:
     keep = {k: config.get(k) for k in sorted(config) if k in _FINGERPRINT_KEYS}
     embeddings = model.get_input_embeddings().weight
     with torch.no_grad():
-        checksum = float(embeddings[:64].double().abs().sum())
+        # Rounded through bf16 first, so one checkpoint gives one fingerprint whether it
+        # was loaded in fp32 (CPU) or bf16 (GPU).
+        checksum = float(embeddings[:64].to(torch.bfloat16).double().abs().sum())
     payload = json.dumps(keep, sort_keys=True, default=str) + f"|{checksum:.6e}"
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -347,6 +349,8 @@ def load_local_chat_model(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             return_full_text=False,
+            # The chat template already holds any BOS; training tokenises the same way.
+            add_special_tokens=False,
         )
         name = label or path
         llm = HuggingFacePipeline(pipeline=generator, model_id=name)

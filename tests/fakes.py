@@ -46,3 +46,52 @@ def scripted(*replies: str, **kwargs: Any) -> ScriptedChatModel:
 
 def last_user_text(messages: list[BaseMessage]) -> str:
     return str(messages[-1].content)
+
+
+class ToolCallingChatModel(BaseChatModel):
+    """A fake agent model that supports ``bind_tools``.
+
+    On a turn with no tool result yet it calls ``tool_name`` (default: the first bound
+    tool) with ``tool_args(messages)`` (default: the last human message as
+    ``question``); once a tool result is in the messages it answers
+    ``final_prefix + <first line of the last tool result>``. ``bound`` records the
+    OpenAI-format schemas of the tools it was bound to, ``seen`` every message list.
+    """
+
+    tool_name: str | None = None
+    tool_args: Callable[[list[BaseMessage]], dict] | None = None
+    final_prefix: str = "The tool found: "
+    bound: list[dict] = []
+    seen: list[list[BaseMessage]] = []
+
+    def bind_tools(self, tools: Any, *, tool_choice: Any = None, **kwargs: Any) -> Any:
+        from langchain_core.utils.function_calling import convert_to_openai_tool
+
+        schemas = [convert_to_openai_tool(t) for t in tools]
+        self.bound.extend(schemas)
+        return self.bind(tools=schemas, **kwargs)
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any) -> ChatResult:
+        from langchain_core.messages import HumanMessage, ToolMessage
+
+        self.seen.append(list(messages))
+        results = [m for m in messages if isinstance(m, ToolMessage)]
+        if results:
+            text = str(results[-1].content).strip().splitlines()[0] if str(results[-1].content).strip() else ""
+            message = AIMessage(self.final_prefix + text)
+        else:
+            tools = kw.get("tools") or []
+            name = self.tool_name or (tools[0]["function"]["name"] if tools else None)
+            if name is None:
+                raise ValueError("ToolCallingChatModel: no tool bound and no tool_name given")
+            if self.tool_args:
+                args = self.tool_args(messages)
+            else:
+                question = next(m for m in reversed(messages) if isinstance(m, HumanMessage))
+                args = {"question": str(question.content)}
+            message = AIMessage("", tool_calls=[{"name": name, "args": args, "id": f"call_{len(self.seen)}", "type": "tool_call"}])
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    @property
+    def _llm_type(self) -> str:
+        return "tool-calling-fake"

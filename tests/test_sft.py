@@ -333,3 +333,34 @@ def test_build_sft_from_gold_decompositions(tmp_path):
     assert example["messages"][-1]["content"] == "1. How many pens were sold?\n2. How many pens are left?"
     with pytest.raises(DivconqError, match="gold decompositions"):
         build_sft_from_gold(examples[1:2], tmp_path / "none")
+
+
+# --------------------------------------------------------------------------- from a trace store
+
+
+def test_sft_from_store_reads_real_trace_runs(tmp_path):
+    from divconq.distill.sft import sft_from_store
+    from divconq.distill.traces import TraceCall, TraceRun, TraceStore
+
+    def stored(n: int, correct: bool, **extra) -> TraceRun:
+        fake = make_run(n=n, correct=correct)
+        calls = [TraceCall(call_id=f"{n}-{c.node}", role=c.role, messages=[], node=c.node, seq=i)
+                 for i, c in enumerate(fake.calls)]
+        values = {k: v for k, v in vars(fake).items() if k in TraceRun.__dataclass_fields__}
+        return TraceRun(**{**values, "calls": calls, "metadata": {"mode": "static", "solve": "joint"}, **extra})
+
+    store_path = tmp_path / "traces.sqlite"
+    with TraceStore(store_path) as store:
+        store.write_run(stored(1, True))
+        store.write_run(stored(2, False))
+        store.write_run(stored(3, True, status="error", error="boom"))
+        store.write_run(stored(4, True, metadata={"mode": "static", "solve": "parallel"}))
+
+    decomposer = sft_from_store(store_path, variant="decomposer", screen="gold", out_dir=tmp_path / "sd_r",
+                                val_fraction=0.0)
+    assert decomposer.seen == 3 and decomposer.kept == 2  # the failed run is not even read
+    assert decomposer.dropped == {"answer did not match gold": 1}
+    solver = sft_from_store(store_path, variant="solver", out_dir=tmp_path / "se_t", val_fraction=0.0)
+    assert solver.kept == 2 and solver.dropped == {"not a static joint run (static/parallel)": 1}
+    with pytest.raises(DivconqError, match="does not exist"):
+        sft_from_store(tmp_path / "missing.sqlite", out_dir=tmp_path / "x")
