@@ -248,6 +248,39 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("sft")
+def cmd_sft(args: argparse.Namespace) -> int:
+    from divconq.distill.sft import build_sft_from_gold, sft_from_store
+
+    common = dict(out_dir=args.out, task=args.task, max_subquestions=args.max_subquestions,
+                  val_fraction=args.val_fraction, overwrite=args.overwrite)
+    if args.gold_data:
+        from divconq.distill.datasets import load_dataset
+
+        summary = build_sft_from_gold(load_dataset(args.gold_dataset, args.gold_data), **common)
+    else:
+        if not args.store:
+            raise DivconqError("pass --store TRACES.db (or --gold-data FILE --gold-dataset NAME for gold decompositions)")
+        summary = sft_from_store(args.store, variant=args.variant, screen=args.screen, answer=args.answer, **common)
+    print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.format())
+    return 0
+
+
+@command("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    from divconq.distill.train import TrainConfig, train
+
+    config = TrainConfig(learning_rate=args.lr, num_epochs=args.epochs, max_steps=args.max_steps,
+                         batch_size=args.batch_size, grad_accumulation=args.grad_accumulation,
+                         max_length=args.max_length, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+                         eval_steps=args.eval_steps, save_steps=args.save_steps, seed=args.seed,
+                         progress=not args.json)
+    result = train(args.data, args.base, args.out, config, resume=args.resume, overwrite=args.overwrite,
+                   merge_to=args.merge_to)
+    print(json.dumps(result.to_dict(), indent=2, default=str) if args.json else result.format())
+    return 0
+
+
 @command("report")
 def cmd_report(args: argparse.Namespace) -> int:
     from divconq.distill.evaluate import load_pricing, report
@@ -300,6 +333,40 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--concurrency", type=int, default=4)
     collect.add_argument("--shard", metavar="I/N", help="take only shard I of N (by a hash of the question id)")
     _add_model_args(collect)
+
+    sft = sub.add_parser("sft", help="turn traces (or gold decompositions) into SFT data")
+    sft.add_argument("--store", metavar="TRACES.db")
+    sft.add_argument("--variant", default="decomposer", choices=["decomposer", "solver"])
+    sft.add_argument("--screen", default="none", choices=["none", "gold"], help="gold: keep runs whose answer matched (S_D-R)")
+    sft.add_argument("--answer", default="teacher", choices=["teacher", "gold"], help="solver only: gold gives S_E-A")
+    sft.add_argument("--gold-data", metavar="FILE", help="build decomposer data from a dataset's gold sub-questions")
+    sft.add_argument("--gold-dataset", default="gsm8k", help="the dataset name of --gold-data")
+    sft.add_argument("--out", required=True, metavar="DIR")
+    sft.add_argument("--task", default="math", choices=["math", "reading", "multihop"])
+    sft.add_argument("--max-subquestions", type=int, default=3)
+    sft.add_argument("--val-fraction", type=float, default=0.1)
+    sft.add_argument("--overwrite", action="store_true")
+    sft.add_argument("--json", action="store_true")
+
+    tr = sub.add_parser("train", help="train a LoRA student on SFT data")
+    tr.add_argument("--data", required=True, metavar="DIR")
+    tr.add_argument("--base", default="default", metavar="SPEC", help="'default' or 'hf:<dir>'")
+    tr.add_argument("--out", required=True, metavar="ADAPTER_DIR")
+    tr.add_argument("--lr", type=float, default=2e-4)
+    tr.add_argument("--epochs", type=float, default=3.0)
+    tr.add_argument("--max-steps", type=int)
+    tr.add_argument("--batch-size", type=int, default=4)
+    tr.add_argument("--grad-accumulation", type=int, default=1)
+    tr.add_argument("--max-length", type=int, default=512)
+    tr.add_argument("--lora-r", type=int, default=16)
+    tr.add_argument("--lora-alpha", type=int, default=32)
+    tr.add_argument("--eval-steps", type=int, default=50)
+    tr.add_argument("--save-steps", type=int, default=50)
+    tr.add_argument("--seed", type=int, default=42)
+    tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint in ADAPTER_DIR")
+    tr.add_argument("--overwrite", action="store_true")
+    tr.add_argument("--merge-to", metavar="DIR", help="also save a standalone model with the adapter merged")
+    tr.add_argument("--json", action="store_true")
 
     trace = sub.add_parser("trace", help="inspect, merge and import trace stores")
     trace_sub = trace.add_subparsers(dest="trace_command", required=True)
