@@ -1,0 +1,148 @@
+"""The recipe that builds the shipped default decomposer adapter, in one command.
+
+    python -m divconq.distill.recipe --data ../shared/data --teacher-store teacher.db --out nodes/default_adapter
+
+1. Gold decompositions (real, human-written or hand-cleaned): GSM8K test_socratic
+   sub-questions, StrategyQA ``decomposition``, DROP ``decomp_qas`` (with the passage),
+   Break QDMR steps. A deterministic slice of each (by a hash of the question id).
+2. Teacher traces, if given: runs of a local teacher (Qwen2.5-Coder-1.5B-Instruct through
+   a llama.cpp server) collected with ``divconq collect``, screened to the runs whose
+   answer matched gold (the paper's S_D-R).
+3. One SFT set of all of them (each source with its own task prompt), LoRA training on
+   the embedded default model, and ``training_ids.txt`` beside the adapter: every
+   question id the adapter saw, so evaluations can leave them out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from divconq.distill.datasets import Example, load_dataset
+from divconq.distill.sft import build_sft_from_gold, sft_from_store
+from divconq.distill.train import TrainConfig, train
+from divconq.nodes.parsing import parse_subquestions
+from divconq.nodes.prompts import PROMPT_VERSION
+
+TRAINING_IDS_FILE = "training_ids.txt"
+
+
+@dataclass(frozen=True)
+class GoldSource:
+    dataset: str
+    path: str  # relative to the shared data folder
+    task: str
+    take: int
+
+
+@dataclass
+class RecipeConfig:
+    """Explicit defaults: sizes per source and the training settings."""
+
+    gold: list[GoldSource] = field(default_factory=lambda: [
+        GoldSource("gsm8k", "gsm8k/test_socratic.jsonl", "math", 300),
+        GoldSource("strategyqa", "strategyqa/train.json", "multihop", 100),
+        GoldSource("drop", "drop_decomp/drop_dataset_train_300_annotations.json", "reading", 80),
+        GoldSource("break", "break/qdmr_high_level_dev.csv", "multihop", 40),
+    ])
+    teacher_task: str = "math"
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        lora_r=8, lora_alpha=16, learning_rate=3e-4, num_epochs=2.0, batch_size=8, max_length=512,
+        eval_steps=25, save_steps=25, logging_steps=5,
+    ))
+
+
+def _natural_steps(example: Example, max_subquestions: int = 3) -> Example | None:
+    """The example with only its natural-language gold sub-questions, or None.
+
+    DROP and Break annotations end in symbolic steps ("count(#1)", "#1 that ...") that
+    are the solver's arithmetic, not questions a decomposer should write: they go. What
+    is left must be one to ``max_subquestions`` sub-questions our parser reads back as is.
+    """
+    steps = [q for q in example.gold_subquestions if parse_subquestions(q, 1, example.question) == [q]]
+    if not 1 <= len(steps) <= max_subquestions or parse_subquestions("\n".join(steps), max_subquestions) != steps:
+        return None
+    return replace(example, gold_subquestions=tuple(steps))
+
+
+def _slice(examples: list[Example], take: int) -> list[Example]:
+    """A deterministic sample of usable examples: the ``take`` whose id hashes lowest."""
+    usable = [cleaned for e in examples if (cleaned := _natural_steps(e)) is not None]
+    return sorted(usable, key=lambda e: hashlib.sha1(e.id.encode()).hexdigest())[:take]
+
+
+def _append_jsonl(source_dir: Path, target_dir: Path) -> None:
+    for name in ("train.jsonl", "validation.jsonl", "train_prompt_completion.jsonl", "validation_prompt_completion.jsonl"):
+        with (target_dir / name).open("a", encoding="utf-8") as out:
+            out.write((source_dir / name).read_text(encoding="utf-8"))
+
+
+def build_data(data_root: Path, work: Path, teacher_store: Path | None, config: RecipeConfig) -> tuple[Path, dict, set[str]]:
+    """One SFT dir from every source; returns it, the per-source summaries and the ids used."""
+    combined = work / "sft"
+    combined.mkdir(parents=True)
+    summaries: dict[str, dict] = {}
+    ids: set[str] = set()
+    for source in config.gold:
+        examples = _slice(load_dataset(source.dataset, data_root / source.path), source.take)
+        summary = build_sft_from_gold(examples, work / source.dataset, task=source.task)
+        _append_jsonl(work / source.dataset, combined)
+        summaries[f"gold:{source.dataset}"] = summary.to_dict()
+        ids |= {e.id for e in examples}
+    if teacher_store is not None:
+        from divconq.distill.traces import TraceStore
+
+        summary = sft_from_store(teacher_store, screen="gold", out_dir=work / "teacher", task=config.teacher_task)
+        _append_jsonl(work / "teacher", combined)
+        summaries["teacher:S_D-R"] = summary.to_dict()
+        with TraceStore(teacher_store, readonly=True) as store:
+            ids |= {run.example_id for run in store.runs() if run.example_id}
+    totals = {key: sum(s[key] for s in summaries.values()) for key in ("train", "validation")}
+    (combined / "summary.json").write_text(json.dumps({
+        "variant": "decomposer", "screen": "gold", "task": "mixed", "paper_name": "S_D-R + gold decompositions",
+        "prompt_version": PROMPT_VERSION, "source": "gold+traces" if teacher_store else "gold",
+        **totals, "sources": summaries,
+    }, indent=2) + "\n")
+    return combined, summaries, ids
+
+
+def build_default_adapter(data_root: Path, out: Path, teacher_store: Path | None, config: RecipeConfig) -> dict:
+    with tempfile.TemporaryDirectory(prefix="divconq-recipe-") as scratch:
+        data, summaries, ids = build_data(data_root, Path(scratch), teacher_store, config)
+        result = train(data, "default", out, config.train, overwrite=True)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # ship the adapter, not the optimizer state
+    (out / TRAINING_IDS_FILE).write_text("\n".join(sorted(ids)) + "\n")
+    record = {
+        "command": "python -m divconq.distill.recipe --data ../shared/data"
+        + (" --teacher-store TEACHER.db" if teacher_store else "") + f" --out {out}",
+        "sources": {k: {key: v[key] for key in ("seen", "kept", "train", "validation", "dropped")} for k, v in summaries.items()},
+        "training_ids": len(ids),
+        "train": asdict(config.train),
+        "result": result.to_dict(),
+    }
+    (out / "recipe.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build the shipped default decomposer adapter.")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data folder")
+    parser.add_argument("--teacher-store", type=Path, help="traces of the local teacher (divconq collect)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "nodes" / "default_adapter")
+    parser.add_argument("--epochs", type=float, help="override the recipe's epochs")
+    args = parser.parse_args(argv)
+    config = RecipeConfig()
+    if args.epochs:
+        config.train.num_epochs = args.epochs
+    record = build_default_adapter(args.data, args.out, args.teacher_store, config)
+    print(json.dumps({k: record[k] for k in ("sources", "training_ids")}, indent=2))
+    print(record["result"])
+
+
+if __name__ == "__main__":
+    main()
