@@ -191,8 +191,8 @@ def test_subgraph_example_maps_state_in_and_out():
     solver = ScriptedChatModel(respond=lambda m: seen.append(last_user_text(m)) or JOINT)
     graph = example.build_report_graph(scripted(DECOMPOSITION), solver).compile()
     out = graph.invoke({"user_request": QUESTION + "\n\nContext: Natalia runs a small shop."})
-    assert set(out) >= {"user_request", "final_report"}
-    assert "question" not in out or out["question"] == QUESTION  # the user's own state, not ours
+    assert out["question"] == QUESTION and out["notes"] == "Natalia runs a small shop."  # the user's own state
+    assert "subquestions" not in out and "usage" not in out  # divconq's state stays inside its node
     report = out["final_report"]
     assert "Answer: 72" in report and "How many clips did Natalia sell in May? -> She sold 48 / 2 = 24 in May." in report
     assert "Context: Natalia runs a small shop." in seen[0]  # notes mapped to the divconq context
@@ -237,27 +237,56 @@ def test_langgraph_json_names_the_studio_factory():
     assert config["graphs"]["divconq"] == "./graph/studio.py:make_graph"
 
 
-def test_langgraph_json_graph_builds_on_the_default_specs(monkeypatch):
+@pytest.mark.parametrize("adapter_shipped", [False, True])
+def test_langgraph_json_graph_builds_on_the_default_specs(monkeypatch, tmp_path, adapter_shipped):
+    import divconq.graph.builder as builder
+    import divconq.nodes.models as models
+
+    requested, prompts_seen = [], []
+
+    def fake_load(spec, *, role=None, **kwargs):
+        requested.append((spec, role))
+        if role == "decomposer":
+            return ScriptedChatModel(respond=lambda m: prompts_seen.append(m) or DECOMPOSITION)
+        return scripted(JOINT)
+
+    adapter_dir = tmp_path / "default_adapter"
+    adapter_dir.mkdir()
+    if adapter_shipped:
+        (adapter_dir / "adapter_config.json").write_text("{}")
+    monkeypatch.setattr(builder, "load_chat_model", fake_load)  # no model loads here
+    monkeypatch.setattr(models, "DEFAULT_ADAPTER_DIR", adapter_dir)
+    graph = load_langgraph_json_graph(ROOT / "langgraph.json")
+    assert isinstance(graph, CompiledStateGraph) and graph.name == "divconq"
+    assert requested == [("default", "decomposer"), ("default", "solver")]
+    assert {"decompose", "solve", "solve_direct"} <= set(graph.get_graph().nodes)
+    assert graph.invoke({"question": QUESTION})["answer"] == "72"
+    # The untrained default decomposer gets the one-shot example; a distilled one does not.
+    shown_example = any(isinstance(m, AIMessage) for m in prompts_seen[0])
+    assert shown_example is (not adapter_shipped)
+
+
+def test_studio_factory_reads_model_specs_from_the_configurable_and_caches(monkeypatch):
     import divconq.graph.builder as builder
     import divconq.graph.studio as studio
 
     requested = []
-
-    def fake_load(spec, *, role=None, **kwargs):
-        requested.append((spec, role))
-        return scripted(DECOMPOSITION) if role == "decomposer" else scripted(JOINT)
-
-    monkeypatch.setattr(builder, "load_chat_model", fake_load)
-    monkeypatch.setattr(studio, "has_shipped_adapter", lambda: False)
-    studio._compiled.cache_clear()
+    monkeypatch.setattr(builder, "load_chat_model", lambda spec, role=None: requested.append((spec, role)) or scripted(JOINT))
+    studio.studio_graph.cache_clear()
     try:
-        graph = load_langgraph_json_graph(ROOT / "langgraph.json")
-        assert isinstance(graph, CompiledStateGraph) and graph.name == "divconq"
-        assert requested == [("default", "decomposer"), ("default", "solver")]
-        assert graph.invoke({"question": QUESTION})["answer"] == "72"
-        assert {"decompose", "solve", "solve_direct"} <= set(graph.get_graph().nodes)
+        config = {"configurable": {"decomposer": "openai:gpt-4o-mini", "solver": "hf:/models/x", "task": "reading"}}
+        # The server awaits the factory on its event loop; models load in a worker thread.
+        graph = asyncio.run(studio.make_graph(config))
+        assert requested == [("openai:gpt-4o-mini", "decomposer"), ("hf:/models/x", "solver")]
+        assert asyncio.run(studio.make_graph(config)) is graph  # called per run: cached
+        with pytest.raises(DivconqError, match="'task' must be a string"):
+            asyncio.run(studio.make_graph({"configurable": {"task": 3}}))
+        reviewed = asyncio.run(studio.make_graph({"configurable": {"review": True}}))
+        assert "review" in reviewed.get_graph().nodes and "review" not in graph.get_graph().nodes
+        with pytest.raises(DivconqError, match="'review' must be true or false"):
+            asyncio.run(studio.make_graph({"configurable": {"review": "yes"}}))
     finally:
-        studio._compiled.cache_clear()
+        studio.studio_graph.cache_clear()
 
 
 @pytest.mark.default_model
