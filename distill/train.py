@@ -517,6 +517,12 @@ def train(
             for k in ("train_loss", "train_loss_mean", "eval_loss_before", "eval_loss_after", "steps", "epochs",
                       "train_examples", "eval_examples", "skipped_too_long")
         },
+        # Every logged loss (train and validation) by step: the training curve.
+        "log_history": [
+            {k: v for k, v in entry.items() if k in ("step", "epoch", "loss", "eval_loss", "learning_rate")}
+            for entry in trainer.state.log_history
+            if "loss" in entry or "eval_loss" in entry
+        ],
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

