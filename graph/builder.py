@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from functools import partial
 from typing import Any, Callable
 
@@ -109,6 +110,23 @@ def _after_answer(state: dict[str, Any]) -> str:
     return "solve_final" if done else "answer_step"
 
 
+def _scoped_key(scope: bytes, inner: Callable[..., Any], *args: Any, **kwargs: Any) -> bytes:
+    key = inner(*args, **kwargs)
+    return scope + b"|" + (key.encode() if isinstance(key, str) else key)
+
+
+def _scoped_cache(policy: CachePolicy, decomposer: str | BaseChatModel, settings: N.NodeSettings) -> CachePolicy:
+    """A cache policy whose keys also name the decomposer, prompts and cap.
+
+    The node's input alone (the question) would let two graphs sharing one cache, say a
+    teacher and a student, read each other's decompositions. Spec strings are stable
+    across processes; a model object is only known by its identity in this one.
+    """
+    who = decomposer if isinstance(decomposer, str) else f"{type(decomposer).__qualname__}@{id(decomposer)}"
+    scope = hashlib.sha256(repr((who, settings.prompts, settings.max_subquestions)).encode()).hexdigest()[:16]
+    return CachePolicy(key_func=partial(_scoped_key, scope.encode(), policy.key_func), ttl=policy.ttl)
+
+
 def build_graph(
     decomposer: str | BaseChatModel,
     solver: str | BaseChatModel,
@@ -158,6 +176,8 @@ def build_graph(
     )
     if isinstance(cache_decomposer, bool):
         cache_decomposer = CachePolicy() if cache_decomposer else None
+    if cache_decomposer is not None:
+        cache_decomposer = _scoped_cache(cache_decomposer, decomposer, settings)
     return assemble_graph(
         settings, mode=mode, solve=solve, policy=policy, retry=retry, cache_decomposer=cache_decomposer, review=review
     )

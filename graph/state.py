@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any
+
+# pydantic builds the graph's JSON schemas (LangGraph Studio's input form) only from
+# typing_extensions.TypedDict on Python < 3.12.
+from typing_extensions import TypedDict
 
 from divconq.nodes.nodes import RESET
 

@@ -142,6 +142,10 @@ class LocalChatModel(ChatHuggingFace):
             message=AIMessageChunk(content="", usage_metadata=usage, response_metadata={"model_name": self.model_id})
         )
 
+    # ChatHuggingFace's own _astream is for inference endpoints; the generic one runs
+    # _stream above in a worker thread.
+    _astream = BaseChatModel._astream
+
     async def _agenerate(
         self,
         messages: list[BaseMessage],

@@ -224,24 +224,41 @@ def solve_direct(settings: NodeSettings, state: dict[str, Any], config: Runnable
     return _with_usage(update, usage)
 
 
+KEEP = "keep"
+
+
+def _resume_problem(value: Any) -> str | None:
+    """Why a resume value is not a list of sub-question strings, or None when it is."""
+    if not isinstance(value, (list, tuple)):
+        return f"got {type(value).__name__}"
+    for i, item in enumerate(value, 1):
+        if not isinstance(item, str):
+            return f"item {i} is {type(item).__name__}, not a string"
+    return None
+
+
 def review(settings: NodeSettings, state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
     """Human in the loop: pause after decomposition so a person can edit the sub-questions.
 
-    Resume with ``Command(resume=[...sub-questions...])``; ``Command(resume=None)``
-    keeps them as they are, and an empty list answers single-stage.
+    Resume with ``Command(resume=[...sub-questions...])``, or ``Command(resume="keep")``
+    to keep them; an empty list answers single-stage. A value that is not a list of
+    strings pauses the run again with the problem in the interrupt's ``error`` field,
+    so a slip of the reviewer never wedges the thread.
     """
-    edited = interrupt({
+    payload: dict[str, Any] = {
         "question": state["question"],
         "subquestions": list(state.get("subquestions") or []),
-        "resume_with": "Command(resume=[<sub-question>, ...]) to edit, Command(resume=None) to keep",
-    })
-    if edited is None:
-        return {}
-    if not isinstance(edited, (list, tuple)) or not all(isinstance(q, str) for q in edited):
-        raise DivconqError(
-            f"resume value must be a list of sub-question strings, got {type(edited).__name__}: "
-            "resume with Command(resume=['first sub-question?', ...])"
-        )
+        "resume_with": "Command(resume=['<sub-question>', ...]) to edit, Command(resume='keep') to keep",
+    }
+    while True:
+        edited = interrupt(payload)
+        if edited == KEEP:
+            return {}
+        problem = _resume_problem(edited)
+        if problem is None:
+            break
+        payload = {**payload, "error": f"resume value must be a list of sub-question strings ({problem}): "
+                   "resume with Command(resume=['first sub-question?', ...])"}
     subquestions = [q.strip() for q in edited if q.strip()][: settings.max_subquestions]
     if not subquestions:
         return {"subquestions": [], "route": "single", "fallback_reason": "the reviewer removed every sub-question"}

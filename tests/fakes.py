@@ -51,9 +51,9 @@ def last_user_text(messages: list[BaseMessage]) -> str:
 class ToolCallingChatModel(BaseChatModel):
     """A fake agent model that supports ``bind_tools``.
 
-    On a turn with no tool result yet it calls ``tool_name`` (default: the first bound
-    tool) with ``tool_args(messages)`` (default: the last human message as
-    ``question``); once a tool result is in the messages it answers
+    On a turn (messages since the last human one) with no tool result yet it calls
+    ``tool_name`` (default: the first bound tool) with ``tool_args(messages)`` (default:
+    the last human message as ``question``); once the turn has a tool result it answers
     ``final_prefix + <first line of the last tool result>``. ``bound`` records the
     OpenAI-format schemas of the tools it was bound to, ``seen`` every message list.
     """
@@ -71,11 +71,14 @@ class ToolCallingChatModel(BaseChatModel):
         self.bound.extend(schemas)
         return self.bind(tools=schemas, **kwargs)
 
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any) -> ChatResult:
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> ChatResult:
         from langchain_core.messages import HumanMessage, ToolMessage
 
         self.seen.append(list(messages))
-        results = [m for m in messages if isinstance(m, ToolMessage)]
+        last_human = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=-1)
+        results = [m for m in messages[last_human + 1:] if isinstance(m, ToolMessage)]  # this turn's results
         if results:
             text = str(results[-1].content).strip().splitlines()[0] if str(results[-1].content).strip() else ""
             message = AIMessage(self.final_prefix + text)
@@ -89,7 +92,8 @@ class ToolCallingChatModel(BaseChatModel):
             else:
                 question = next(m for m in reversed(messages) if isinstance(m, HumanMessage))
                 args = {"question": str(question.content)}
-            message = AIMessage("", tool_calls=[{"name": name, "args": args, "id": f"call_{len(self.seen)}", "type": "tool_call"}])
+            call = {"name": name, "args": args, "id": f"call_{len(self.seen)}", "type": "tool_call"}
+            message = AIMessage("", tool_calls=[call])
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     @property

@@ -110,7 +110,8 @@ def test_tool_name_description_and_argument_schema():
     assert schema["required"] == ["question"]
     assert schema["properties"]["question"]["type"] == "string"
     assert {"type": "null"} in schema["properties"]["context"]["anyOf"]
-    custom = as_tool(build_graph(scripted(DECOMPOSITION), scripted(JOINT)).compile(), name="solve_math", description="x")
+    graph = build_graph(scripted(DECOMPOSITION), scripted(JOINT)).compile()
+    custom = as_tool(graph, name="solve_math", description="x")
     assert custom.name == "solve_math" and custom.description == "x"
 
 
@@ -182,6 +183,17 @@ def test_agent_runs_the_tool_async_with_the_context_argument():
     assert "Context: A shop ledger." in seen[0]
 
 
+def test_agent_with_a_checkpointer_answers_two_turns_on_one_thread():
+    graph = build_graph(item_decomposer(), item_solver()).compile()
+    agent = create_agent(ToolCallingChatModel(), tools=[as_tool(graph)], checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "chat"}}
+    for n in (1, 2):
+        result = agent.invoke({"messages": [HumanMessage(item_question(n))]}, config)
+        assert result["messages"][-1].content == f"The tool found: Answer: {item_answer(n)}"
+        assert result["messages"][-2].artifact["question"] == item_question(n)
+    assert len(result["messages"]) == 8  # both turns are kept on the thread
+
+
 # --------------------------------------------------------------------------- subgraph example
 
 
@@ -193,8 +205,10 @@ def test_subgraph_example_maps_state_in_and_out():
     out = graph.invoke({"user_request": QUESTION + "\n\nContext: Natalia runs a small shop."})
     assert out["question"] == QUESTION and out["notes"] == "Natalia runs a small shop."  # the user's own state
     assert "subquestions" not in out and "usage" not in out  # divconq's state stays inside its node
+    assert "user_request" in graph.get_input_jsonschema()["properties"]  # Studio can draw its input form
     report = out["final_report"]
-    assert "Answer: 72" in report and "How many clips did Natalia sell in May? -> She sold 48 / 2 = 24 in May." in report
+    assert "Answer: 72" in report
+    assert "How many clips did Natalia sell in May? -> She sold 48 / 2 = 24 in May." in report
     assert "Context: Natalia runs a small shop." in seen[0]  # notes mapped to the divconq context
 
 
@@ -271,7 +285,11 @@ def test_studio_factory_reads_model_specs_from_the_configurable_and_caches(monke
     import divconq.graph.studio as studio
 
     requested = []
-    monkeypatch.setattr(builder, "load_chat_model", lambda spec, role=None: requested.append((spec, role)) or scripted(JOINT))
+    def fake_load(spec, role=None):
+        requested.append((spec, role))
+        return scripted(JOINT)
+
+    monkeypatch.setattr(builder, "load_chat_model", fake_load)
     studio.studio_graph.cache_clear()
     try:
         config = {"configurable": {"decomposer": "openai:gpt-4o-mini", "solver": "hf:/models/x", "task": "reading"}}
@@ -287,6 +305,12 @@ def test_studio_factory_reads_model_specs_from_the_configurable_and_caches(monke
             asyncio.run(studio.make_graph({"configurable": {"review": "yes"}}))
     finally:
         studio.studio_graph.cache_clear()
+
+
+def test_studio_gets_input_and_output_json_schemas():
+    graph = build_graph(scripted(DECOMPOSITION), scripted(JOINT)).compile()
+    assert list(graph.get_input_jsonschema()["properties"]) == ["question", "context"]
+    assert "answer" in graph.get_output_jsonschema()["properties"]
 
 
 @pytest.mark.default_model
@@ -395,7 +419,8 @@ def test_ainvoke_abatch_and_astream_on_every_route(item_graph, route):
         single = await item_graph.ainvoke({"question": item_question(1)}, config)
         batch = await item_graph.abatch([{"question": item_question(n)} for n in (2, 3, 4)], config)
         nodes, last = [], None
-        async for mode, item in item_graph.astream({"question": item_question(5)}, config, stream_mode=["updates", "values"]):
+        stream = item_graph.astream({"question": item_question(5)}, config, stream_mode=["updates", "values"])
+        async for mode, item in stream:
             if mode == "updates":
                 nodes.extend(item)
             else:
@@ -412,7 +437,8 @@ def test_ainvoke_abatch_and_astream_on_every_route(item_graph, route):
 
 
 def test_batch_sync_matches_questions(item_graph):
-    outs = item_graph.batch([{"question": item_question(n)} for n in range(6)], {"configurable": ROUTES["static-parallel"]})
+    inputs = [{"question": item_question(n)} for n in range(6)]
+    outs = item_graph.batch(inputs, {"configurable": ROUTES["static-parallel"]})
     for n, out in enumerate(outs):
         check_item_output(out, n, "static-parallel")
 
@@ -542,26 +568,30 @@ def test_resume_none_does_not_resume_in_langgraph():
     assert graph.get_state(config).next == ("review",)
 
 
-@pytest.mark.parametrize("bad", [42, ["ok", 3], "a string"])
-def test_bad_resume_value_is_a_clear_divconq_error(bad):
+def test_resume_keep_keeps_the_subquestions():
+    graph = review_graph()
+    config = {"configurable": {"thread_id": "keep-marker"}}
+    graph.invoke({"question": QUESTION}, config)
+    out = graph.invoke(Command(resume="keep"), config)
+    assert out["subquestions"] == SUBQUESTIONS and out["answer"] == "72"
+
+
+@pytest.mark.parametrize("bad, problem", [(42, "got int"), (["ok", 3], "item 2 is int"), ("a string", "got str")])
+def test_bad_resume_value_pauses_again_with_a_clear_message(bad, problem):
     graph = review_graph()
     config = {"configurable": {"thread_id": "bad"}}
     graph.invoke({"question": QUESTION}, config)
-    with pytest.raises(DivconqError, match=r"resume value must be a list of sub-question strings.*Command\(resume="):
-        graph.invoke(Command(resume=bad), config)
-    # The run can be recovered by writing the sub-questions as the review step.
-    graph.update_state(config, {"subquestions": ["fixed sub-question?"]}, as_node="review")
-    assert graph.invoke(None, config)["subquestions"] == ["fixed sub-question?"]
+    (again,) = graph.invoke(Command(resume=bad), config)["__interrupt__"]
+    assert "resume value must be a list of sub-question strings" in again.value["error"]
+    assert problem in again.value["error"] and "Command(resume=" in again.value["error"]
+    assert graph.get_state(config).next == ("review",)
 
 
-@pytest.mark.xfail(strict=True, reason="nodes.review raises on a bad resume value; LangGraph keeps that value, "
-                   "so every later resume on the thread sees it again (see report: re-interrupt instead)")
 def test_a_good_resume_after_a_bad_one_goes_through():
     graph = review_graph()
     config = {"configurable": {"thread_id": "retry"}}
     graph.invoke({"question": QUESTION}, config)
-    with pytest.raises(DivconqError):
-        graph.invoke(Command(resume=42), config)
+    graph.invoke(Command(resume=42), config)
     assert graph.invoke(Command(resume=["fixed sub-question?"]), config)["subquestions"] == ["fixed sub-question?"]
 
 
@@ -636,12 +666,11 @@ def test_without_cache_the_decomposer_runs_every_time():
     assert len(calls) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="the decompose cache key holds only the node input, not the decomposer, "
-                   "prompts or max_subquestions: graphs sharing a cache get each other's decompositions (see report)")
 def test_graphs_with_different_decomposers_do_not_share_cached_decompositions():
     cache = InMemoryCache()
     teacher = build_graph(scripted(DECOMPOSITION), scripted(JOINT), cache_decomposer=True).compile(cache=cache)
     student = build_graph(scripted("1. What is half of 48 clips?\n2. What is 48 plus that?"), scripted(JOINT),
                           cache_decomposer=True).compile(cache=cache)
     assert teacher.invoke({"question": QUESTION})["subquestions"] == SUBQUESTIONS
-    assert student.invoke({"question": QUESTION})["subquestions"] == ["What is half of 48 clips?", "What is 48 plus that?"]
+    expected = ["What is half of 48 clips?", "What is 48 plus that?"]
+    assert student.invoke({"question": QUESTION})["subquestions"] == expected
