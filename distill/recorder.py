@@ -1,0 +1,472 @@
+"""``TraceRecorder``: a LangChain callback handler that records graph runs into a ``TraceStore``.
+
+Add it to the run config of any compiled LangGraph graph and each invocation becomes one
+``TraceRun``: its model calls in task order, the question and answer read off the root
+run's inputs and outputs, and ``correct`` from a scorer (``exact_match`` by default).
+The helpers that turn LangChain messages, metadata and usage into records are shared
+with ``langsmith.import_langsmith_runs``, so an imported run looks like a recorded one.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import LLMResult
+
+from divconq.distill.traces import (
+    DECOMPOSER,
+    SOLVER,
+    Scorer,
+    TraceCall,
+    TraceRun,
+    TraceStore,
+    _dumps,
+    _usage_from_calls,
+)
+
+__all__ = ["TraceRecorder", "exact_match"]
+
+
+# --------------------------------------------------------------------------- answers
+
+
+def _normalise_answer(text: str) -> str:
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text.lower())  # 1,000 -> 1000
+    kept = [
+        " "
+        if ch in string.punctuation
+        and not (ch == "." and 0 < i < len(text) - 1 and text[i - 1].isdigit() and text[i + 1].isdigit())
+        else ch
+        for i, ch in enumerate(text)
+    ]
+    return " ".join("".join(kept).split())
+
+
+def exact_match(answer: str | None, gold: list[str]) -> bool:
+    """The default scorer: normalised exact match (case, punctuation, spacing) against any gold."""
+    if answer is None:
+        return False
+    predicted = _normalise_answer(str(answer))
+    return any(predicted == _normalise_answer(str(g)) for g in gold)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content blocks: keep the text
+        return "".join(
+            b if isinstance(b, str) else str(b.get("text", "")) if isinstance(b, dict) else str(b) for b in content
+        )
+    return "" if content is None else str(content)
+
+
+_ROLES = {
+    "human": "user",
+    "user": "user",
+    "ai": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "function": "function",
+    "developer": "system",
+}
+_CLASS_ROLES = {
+    "SystemMessage": "system",
+    "HumanMessage": "user",
+    "AIMessage": "assistant",
+    "ToolMessage": "tool",
+    "FunctionMessage": "function",
+}
+
+
+def _message(message: BaseMessage) -> dict[str, str]:
+    role = getattr(message, "role", None) if message.type == "chat" else None
+    return {"role": role or _ROLES.get(message.type, message.type), "content": _content_text(message.content)}
+
+
+def _serialized_message(message: Mapping[str, Any]) -> dict[str, str] | None:
+    """{"role", "content"} from a LangChain-serialized message or a plain message dict."""
+    if message.get("lc") == 1 and isinstance(message.get("id"), list):
+        kwargs = message.get("kwargs") or {}
+        cls = str(message["id"][-1])
+        role = kwargs.get("role") if cls in ("ChatMessage", "ChatMessageChunk") else None
+        role = role or _CLASS_ROLES.get(cls.removesuffix("Chunk"), cls)
+        return {"role": str(role), "content": _content_text(kwargs.get("content"))}
+    data = message.get("data") if isinstance(message.get("data"), Mapping) else message  # messages_to_dict
+    kind = message.get("role") or message.get("type") or data.get("role") or data.get("type")
+    if kind is None or "content" not in data:
+        return None
+    return {"role": _ROLES.get(str(kind), str(kind)), "content": _content_text(data.get("content"))}
+
+
+def _texts_of(messages: Any, role: str) -> list[str]:
+    """The texts of the messages with ``role`` ("user", "assistant"), as objects or dicts."""
+    found = []
+    for message in messages if isinstance(messages, list) else []:
+        if isinstance(message, BaseMessage):
+            as_dict: dict[str, str] | None = _message(message)
+        else:
+            as_dict = _serialized_message(message) if isinstance(message, Mapping) else None
+        if as_dict and as_dict["role"] == role:
+            found.append(as_dict["content"])
+    return found
+
+
+# --------------------------------------------------------------------------- calls
+
+
+def _role(metadata: Mapping[str, Any], tags: Iterable[str] | None, node: str | None) -> str:
+    """Decomposer or solver: what ``call_model`` tagged, else guessed from the node name."""
+    if metadata.get("divconq_role"):
+        return str(metadata["divconq_role"])
+    for tag in tags or ():
+        if isinstance(tag, str) and tag.startswith("divconq:"):
+            return tag.split(":", 1)[1]
+    name = (node or "").lower()
+    return DECOMPOSER if "decompos" in name or "propose" in name else SOLVER
+
+
+def _model_name(*sources: Mapping[str, Any] | None) -> str | None:
+    for source in sources:
+        for key in ("ls_model_name", "model", "model_name", "model_id", "repo_id"):
+            value = (source or {}).get(key)
+            if isinstance(value, str) and value:
+                return value
+    return None
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _token_counts(*usages: Mapping[str, Any] | None) -> tuple[int | None, int | None]:
+    """(input, output) tokens from the first usage_metadata or OpenAI-style token_usage dict that has any."""
+    for usage in (u or {} for u in usages):
+        prompt = usage.get("input_tokens", usage.get("prompt_tokens"))
+        completion = usage.get("output_tokens", usage.get("completion_tokens"))
+        tokens = _int(prompt), _int(completion)
+        if tokens != (None, None):
+            return tokens
+    return None, None
+
+
+def _llm_output_usage(llm_output: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The token usage a provider put in ``LLMResult.llm_output``, where usage_metadata is missing."""
+    llm_output = llm_output or {}
+    return llm_output.get("token_usage") or llm_output.get("usage")
+
+
+def _order_key(metadata: Mapping[str, Any] | None) -> tuple[Any, ...]:
+    """(superstep, task path): parallel ``Send`` branches sort by their index, not by timing."""
+    metadata = metadata or {}
+    step = metadata.get("langgraph_step")
+    path = metadata.get("langgraph_path") or ()
+    path_key = tuple((0, x, "") if isinstance(x, int) else (1, 0, str(x)) for x in path)
+    return (step if isinstance(step, int) else 0, path_key)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _gold(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    return [str(v) for v in value] if isinstance(value, (list, tuple, set)) else [str(value)]
+
+
+def _first_str(mapping: Mapping[str, Any], *keys: str) -> str | None:
+    for key in keys:
+        if isinstance(mapping.get(key), str):
+            return mapping[key]
+    return None
+
+
+_OUR_METADATA = {"gold", "example_id", "dataset"}
+_EXTRA_OUTPUTS = ("mode", "solve", "fallback_reason")
+
+
+def _fill_run(run: TraceRun, inputs: Any, outputs: Any, metadata: Mapping[str, Any], scorer: Scorer) -> None:
+    """Question, answer and the rest from a root run's inputs, outputs and metadata.
+
+    Our graph's keys map one to one; for other graphs ``question``/``input``/``query``
+    or the first human message, and ``answer``/``output`` or the last AI message.
+    """
+    ins = inputs if isinstance(inputs, Mapping) else {}
+    outs = outputs if isinstance(outputs, Mapping) else {}
+    question = _first_str(ins, "question", "input", "query") or _first_str(outs, "question")
+    if question is None:
+        human = _texts_of(ins.get("messages"), "user")
+        question = human[0] if human else inputs if isinstance(inputs, str) else _dumps(inputs) or ""
+    run.question = question
+    run.context = _first_str(ins, "context") or _first_str(outs, "context")
+    run.answer = _first_str(outs, "answer", "output")
+    if run.answer is None:
+        said = _texts_of(outs.get("messages"), "assistant")
+        run.answer = said[-1] if said else outputs if isinstance(outputs, str) else None
+    run.route = _first_str(outs, "route")
+    for name in ("subquestions", "sub_answers"):
+        if isinstance(outs.get(name), list):
+            setattr(run, name, [str(v) for v in outs[name]])
+    run.decomposition = _first_str(outs, "decomposition")
+    run.solution = _first_str(outs, "solution")
+    run.usage = dict(outs["usage"]) if isinstance(outs.get("usage"), Mapping) else _usage_from_calls(run.calls)
+    run.gold = _gold(metadata.get("gold"))
+    run.example_id = None if metadata.get("example_id") is None else str(metadata["example_id"])
+    run.dataset = None if metadata.get("dataset") is None else str(metadata["dataset"])
+    kept = {k: v for k, v in metadata.items() if k not in _OUR_METADATA and not k.startswith(("ls_", "lc_"))}
+    kept.update({k: outs[k] for k in _EXTRA_OUTPUTS if outs.get(k) is not None})
+    run.metadata = kept
+    if run.gold is not None and run.status == "ok":
+        run.correct = bool(scorer(run.answer, run.gold))
+
+
+def _one_line(error: BaseException | str) -> str:
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}".rstrip(": ")
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return (lines[0] if lines else "error")[:500]
+
+
+# --------------------------------------------------------------------------- recorder
+
+
+@dataclass
+class _OpenCall:
+    call: TraceCall
+    t0: float
+    key: tuple[Any, ...]
+
+
+@dataclass
+class _OpenRun:
+    run: TraceRun
+    t0: float
+    inputs: Any
+    metadata: dict[str, Any]
+    members: set[UUID] = field(default_factory=set)
+    calls: dict[UUID, _OpenCall] = field(default_factory=dict)
+    counter: int = 0
+    paused: bool = False  # a node raised GraphInterrupt: the run waits for a human, not finished
+
+
+def _is_interrupt(error: BaseException) -> bool:
+    """A node paused for human input (``interrupt``): the run is not finished."""
+    try:
+        from langgraph.errors import GraphInterrupt
+    except ImportError:  # pragma: no cover - langgraph is a dependency
+        return False
+    return isinstance(error, GraphInterrupt)
+
+
+class TraceRecorder(BaseCallbackHandler):
+    """Records each root chain run (a graph invocation) and its chat model calls.
+
+    Add it to the run config of any compiled graph: ``graph.invoke(inputs,
+    config={"callbacks": [recorder], "metadata": {"gold": [...], "example_id": ...,
+    "dataset": ...}})``. Everything is keyed by run ids under a lock, so one recorder
+    serves ``batch``, threads, ``ainvoke`` and parallel ``Send`` branches. A run is
+    written when its root chain ends (status 'ok') or fails (status 'error'); a run
+    paused by ``interrupt`` is not written. Model calls made outside any chain are
+    ignored. ``raise_error`` (default True) makes a failed write fail the invocation,
+    so a collection never silently loses traces.
+    """
+
+    run_inline = True  # handle events in order on the caller's thread, also under asyncio
+
+    def __init__(self, store: TraceStore, *, scorer: Scorer | None = None, raise_error: bool = True) -> None:
+        super().__init__()
+        self.store = store
+        self.scorer: Scorer = scorer or exact_match
+        self.raise_error = raise_error
+        self._lock = threading.Lock()
+        self._open: dict[UUID, _OpenRun] = {}
+        self._where: dict[UUID, tuple[UUID, tuple[Any, ...]]] = {}  # run id -> (root id, task order key)
+
+    # -- run tree bookkeeping
+
+    def _enter(self, run_id: UUID, parent_run_id: UUID | None, metadata: Mapping[str, Any] | None) -> UUID | None:
+        """Register a child run under its root; return the root id (None if not ours)."""
+        if parent_run_id is None or parent_run_id not in self._where:
+            return None
+        root, key = self._where[parent_run_id]
+        if parent_run_id == root:  # a task of the root graph: its step and path order it
+            key = _order_key(metadata)
+        self._where[run_id] = (root, key)
+        self._open[root].members.add(run_id)
+        return root
+
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        with self._lock:
+            if parent_run_id is not None:
+                self._enter(run_id, parent_run_id, metadata)
+                return
+            run = TraceRun(run_id=str(run_id), question="", started_at=time.time())
+            self._open[run_id] = _OpenRun(run, time.perf_counter(), inputs, dict(metadata or {}))
+            self._where[run_id] = (run_id, _order_key(None))
+
+    def _start_call(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        messages: list[dict[str, str]],
+        serialized: dict[str, Any] | None,
+        tags: list[str] | None,
+        metadata: dict[str, Any] | None,
+        invocation_params: Mapping[str, Any] | None,
+    ) -> None:
+        with self._lock:
+            root = self._enter(run_id, parent_run_id, metadata)
+            if root is None:
+                return
+            open_run = self._open[root]
+            metadata = metadata or {}
+            node = metadata.get("langgraph_node")
+            call = TraceCall(
+                call_id=str(run_id),
+                role=_role(metadata, tags, node),
+                messages=messages,
+                node=node,
+                model=_model_name(metadata, invocation_params, (serialized or {}).get("kwargs")),
+                started_at=time.time(),
+                run_id=str(root),
+            )
+            key = self._where[run_id][1] + (open_run.counter,)
+            open_run.counter += 1
+            open_run.calls[run_id] = _OpenCall(call, time.perf_counter(), key)
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any] | None,
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        sent = [_message(m) for m in (messages[0] if messages else [])]
+        self._start_call(run_id, parent_run_id, sent, serialized, tags, metadata, kwargs.get("invocation_params"))
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any] | None,
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        sent = [{"role": "user", "content": prompts[0]}] if prompts else []
+        self._start_call(run_id, parent_run_id, sent, serialized, tags, metadata, kwargs.get("invocation_params"))
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._lock:
+            open_call = self._find_call(run_id)
+            if open_call is None:
+                return
+            call = open_call.call
+            call.seconds = time.perf_counter() - open_call.t0
+            generation = response.generations[0][0] if response.generations and response.generations[0] else None
+            if generation is None:
+                return
+            call.output = generation.text
+            message = getattr(generation, "message", None)
+            call.input_tokens, call.output_tokens = _token_counts(
+                getattr(message, "usage_metadata", None), _llm_output_usage(response.llm_output)
+            )
+            if call.model is None:
+                call.model = _model_name(getattr(message, "response_metadata", None), response.llm_output)
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._lock:
+            open_call = self._find_call(run_id)
+            if open_call is not None:
+                open_call.call.seconds = time.perf_counter() - open_call.t0
+
+    def _find_call(self, run_id: UUID) -> _OpenCall | None:
+        root = self._where.get(run_id, (None,))[0]
+        open_run = self._open.get(root) if root is not None else None
+        return open_run.calls.get(run_id) if open_run else None
+
+    # -- tool and retriever runs only need registering, so the model calls under them find the root
+
+    def on_tool_start(
+        self,
+        serialized: Any,
+        input_str: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        with self._lock:
+            self._enter(run_id, parent_run_id, metadata)
+
+    on_retriever_start = on_tool_start  # LangChain calls it the same way: (serialized, query, *, run_id, ...)
+
+    # -- the end of a root run writes it
+
+    def _close(self, run_id: UUID) -> _OpenRun | None:
+        with self._lock:
+            open_run = self._open.pop(run_id, None)
+            if open_run is not None:
+                for member in open_run.members | {run_id}:
+                    self._where.pop(member, None)
+            return open_run
+
+    def _finish(self, open_run: _OpenRun, outputs: Any) -> None:
+        run = open_run.run
+        run.seconds = time.perf_counter() - open_run.t0
+        ordered = sorted(open_run.calls.values(), key=lambda c: c.key)
+        run.calls = [replace(c.call, seq=i) for i, c in enumerate(ordered)]
+        _fill_run(run, open_run.inputs, outputs, open_run.metadata, self.scorer)
+        self.store.write_run(run)
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
+        if parent_run_id is not None or run_id not in self._open:
+            return
+        open_run = self._close(run_id)
+        if open_run is None or open_run.paused or (isinstance(outputs, Mapping) and "__interrupt__" in outputs):
+            return
+        self._finish(open_run, outputs)
+
+    def on_chain_error(
+        self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
+    ) -> None:
+        if parent_run_id is not None:
+            if _is_interrupt(error):
+                with self._lock:
+                    root = self._where.get(run_id, (None,))[0]
+                    if root in self._open:
+                        self._open[root].paused = True
+            return
+        open_run = self._close(run_id)
+        if open_run is None or _is_interrupt(error):
+            return
+        open_run.run.status, open_run.run.error = "error", _one_line(error)
+        self._finish(open_run, None)
