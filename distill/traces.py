@@ -6,7 +6,7 @@ the records (``TraceRun`` and its ``TraceCall``s) and ``TraceStore``, which keep
 one SQLite file (WAL, one transaction per finished run, so a killed collection loses at
 most the run in flight and resumes from ``done_example_ids``). They are filled by
 ``recorder.TraceRecorder``, a LangChain callback handler that captures runs of any
-compiled LangGraph graph, and by ``langsmith.import_langsmith_runs`` for runs traced to
+compiled LangGraph graph, and by ``langsmith_runs.import_langsmith_runs`` for runs traced to
 LangSmith; both are importable from here too.
 
 Nothing secret is written: every run is scrubbed on its way into the store.
@@ -534,8 +534,8 @@ def format_run_tree(run: TraceRun) -> str:
 
 # --------------------------------------------------------------------------- re-exports
 
-# recorder.py and langsmith.py import this module, so their names are re-exported lazily (PEP 562): no import cycle.
-_MOVED = {"TraceRecorder": "recorder", "exact_match": "recorder", "import_langsmith_runs": "langsmith"}
+# recorder.py and langsmith_runs.py import this module, so their names are re-exported lazily (PEP 562): no import cycle.
+_MOVED = {"TraceRecorder": "recorder", "exact_match": "recorder", "import_langsmith_runs": "langsmith_runs"}
 
 if TYPE_CHECKING:  # type checkers and editors do not run __getattr__
     from divconq.distill.langsmith_runs import import_langsmith_runs
