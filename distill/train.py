@@ -390,7 +390,10 @@ def train(
         )
 
     checkpoints = out_dir / CHECKPOINTS
-    if clear_checkpoints:  # only now: a base that fails to load leaves the old run intact
+    # Under torchrun / accelerate launch every process runs this function; only the first
+    # (RANK 0) touches files, the Trainer itself saves checkpoints from that one alone.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if clear_checkpoints and main_process:  # only now: a base that fails to load leaves the old run intact
         shutil.rmtree(checkpoints)
     checkpoints.mkdir(parents=True, exist_ok=True)
     run_info = {"base_model": base_spec, "base_fingerprint": fingerprint}
@@ -403,7 +406,8 @@ def train(
                 f"checkpoints in {checkpoints} were trained on base {previous.get('base_model')!r}, "
                 f"not {base_spec!r}: resume with that base or pass overwrite"
             )
-    run_file.write_text(json.dumps(run_info, indent=2) + "\n")
+    if main_process:
+        run_file.write_text(json.dumps(run_info, indent=2) + "\n")
     if resume and last is None:
         _log(config, f"no checkpoint in {checkpoints}: starting from scratch")
 
@@ -527,6 +531,8 @@ def train(
     }
 
     peft_model.eval()
+    if not trainer.is_world_process_zero():
+        return result  # the first process writes the adapter
     scratch = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out_dir))
     try:
         _save_adapter(peft_model, tokenizer, scratch)
