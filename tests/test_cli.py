@@ -58,3 +58,23 @@ def test_draw_writes_mermaid_and_png(tmp_path, capsys):
     for node in ("decompose", "propose", "answer_step", "solve_one", "solve_final", "solve_direct"):
         assert node in mermaid
     assert "__start__ -.-> decompose" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spec", ["3/2", "0/4", "1/0", "a/b", "2"])
+def test_bad_shard_spec(spec, tmp_path, capsys):
+    data = tmp_path / "q.jsonl"
+    data.write_text('{"question": "What is 2+3?", "answer": "5"}\n')
+    args = ["collect", "--dataset", "jsonl", "--data", str(data), "--store", str(tmp_path / "t.db"), "--shard", spec]
+    assert main(args) == 2
+    assert "bad shard" in capsys.readouterr().err
+    assert not (tmp_path / "t.db").exists()  # nothing is created before the input is checked
+
+
+def test_shards_partition_the_questions():
+    from divconq.cli import in_shard, parse_shard
+
+    ids = [f"gsm8k-{i:04d}" for i in range(200)]
+    shards = [{i for i in ids if in_shard(i, parse_shard(f"{k}/3"))} for k in (1, 2, 3)]
+    assert set().union(*shards) == set(ids)
+    assert sum(len(s) for s in shards) == len(ids)  # disjoint
+    assert all(len(s) > 40 for s in shards)
