@@ -71,8 +71,7 @@ def main() -> None:
     examples = held_out(args.questions)
     rows = []
     for spec in args.specs:
-        base, _, flag = spec.partition(":one-shot")
-        rows.append(measure(base, examples, one_shot=spec.endswith(":one-shot")))
+        rows.append(measure(spec.removesuffix(":one-shot"), examples, one_shot=spec.endswith(":one-shot")))
         rows[-1]["spec"] = spec
     if args.json:
         print(json.dumps(rows, indent=2))

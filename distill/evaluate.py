@@ -88,12 +88,37 @@ def result_row(outcome: Outcome, dataset: str, run_info: dict[str, Any]) -> dict
     }
 
 
-def _ensure_trailing_newline(path: Path) -> None:
-    if path.exists() and path.stat().st_size:
-        with path.open("rb+") as handle:
-            handle.seek(-1, os.SEEK_END)
-            if handle.read(1) != b"\n":
-                handle.write(b"\n")
+def _repair_tail(path: Path) -> None:
+    """End the file at a line boundary before appending to it.
+
+    A torn last line (the run was killed mid-write) is cut off, so the next row does not
+    glue onto it and the file stays readable; its question is not in ``done`` and runs
+    again. A whole last line that only lacks its newline gets one.
+    """
+    if not path.exists() or not path.stat().st_size:
+        return
+    with path.open("rb+") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        handle.seek(end - 1)
+        if handle.read(1) == b"\n":
+            return
+        start, tail = end, b""
+        while start > 0:
+            step = min(1 << 16, start)
+            handle.seek(start - step)
+            tail = handle.read(step) + tail
+            start -= step
+            cut = tail.rfind(b"\n")
+            if cut >= 0:
+                start, tail = start + cut + 1, tail[cut + 1:]
+                break
+        try:
+            json.loads(tail)
+        except ValueError:
+            handle.truncate(start)
+        else:
+            handle.seek(0, os.SEEK_END)
+            handle.write(b"\n")
 
 
 def evaluate(
@@ -106,13 +131,18 @@ def evaluate(
     settings: RunSettings = RunSettings(),
     exclude_ids: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
-    """Score ``graph`` on ``examples``, appending to ``out``; returns every row in the file."""
+    """Score ``graph`` on ``examples``, appending to ``out``; returns every row in the file.
+
+    ``graph`` is a compiled graph, or a picklable function that builds one, which
+    ``settings.processes > 1`` needs (see ``run_examples``). Rows are written by this
+    process only, one whole line each, as questions finish.
+    """
     out = Path(out)
     done = {row["id"] for row in read_results(out)}
     excluded = set(exclude_ids)
     todo = [e for e in examples if e.id not in done and e.id not in excluded]
     out.parent.mkdir(parents=True, exist_ok=True)
-    _ensure_trailing_newline(out)
+    _repair_tail(out)
     with out.open("a", encoding="utf-8") as handle:
 
         def write(outcome: Outcome) -> None:

@@ -3,14 +3,29 @@
 Shared by ``divconq collect`` (traces) and ``divconq eval`` (scores). Results are
 handed to ``on_result`` in the calling thread as each question finishes, so the caller
 writes them one at a time and nothing finished is lost if the run stops.
+
+With ``processes > 1`` the questions run in that many worker processes (each with its
+share of the concurrency, in threads), so the client work of talking to a fast server
+(LangGraph, LangChain, the OpenAI client, HTTP) is spread over the cores instead of
+queuing on one interpreter lock. Workers get one question at a time over a pipe and
+send back its output; the calling process stays the only writer of results. Each
+worker builds its own graph (and so its own HTTP connections) from a picklable
+zero-argument factory, e.g. ``functools.partial(build, spec)``; a compiled graph cannot
+cross a process boundary.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+import multiprocessing
+import signal
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import wait as wait_connections
+from typing import Any, Callable, Iterable, Iterator
 
 from langchain_core.runnables import RunnableConfig
 
@@ -28,6 +43,7 @@ class RunSettings:
     backoff_seconds: float = 1.0  # doubled on each retry
     max_consecutive_failures: int = 5  # questions in a row lost to connection errors
     progress: bool = True
+    processes: int = 1  # worker processes sharing the concurrency; > 1 needs a graph factory
 
 
 @dataclass
@@ -67,30 +83,92 @@ def _run_one(
     raise AssertionError("unreachable")
 
 
+def _no_config(example: Example) -> RunnableConfig:
+    return {}
+
+
+class _Tally:
+    """Hands outcomes to ``on_result`` and counts them; knows when the server is gone."""
+
+    def __init__(self, on_result: Callable[[Outcome], None], settings: RunSettings, total: int | None,
+                 description: str) -> None:
+        from tqdm import tqdm
+
+        self.on_result = on_result
+        self.settings = settings
+        self.stats = RunStats()
+        self.consecutive = 0
+        self.bar = tqdm(total=total, desc=description, unit="q", disable=not settings.progress)
+
+    def add(self, outcome: Outcome) -> None:
+        self.on_result(outcome)
+        self.bar.update(1)
+        if outcome.error is None:
+            self.stats.finished += 1
+            self.consecutive = 0
+        else:
+            self.stats.failed += 1
+            self.stats.errors.append(outcome.error)
+            self.consecutive = self.consecutive + 1 if outcome.transient else 0
+
+    @property
+    def server_gone(self) -> bool:
+        return self.consecutive >= self.settings.max_consecutive_failures
+
+    def server_gone_error(self) -> DivconqError:
+        return DivconqError(
+            f"the model server stopped answering ({self.stats.errors[-1]}); {self.stats.finished} questions "
+            "finished and are saved: rerun the same command to resume"
+        )
+
+
+def _compiled(graph: Any) -> Any:
+    """A compiled graph, or what a graph factory builds."""
+    if hasattr(graph, "invoke"):
+        return graph
+    if callable(graph):
+        return graph()
+    raise DivconqError(f"run_examples needs a compiled graph or a function that builds one, got {graph!r}")
+
+
 def run_examples(
     graph: Any,
     examples: Iterable[Example],
     on_result: Callable[[Outcome], None],
     *,
-    config_for: Callable[[Example], RunnableConfig] = lambda e: {},
+    config_for: Callable[[Example], RunnableConfig] = _no_config,
     settings: RunSettings = RunSettings(),
     total: int | None = None,
     description: str = "questions",
 ) -> RunStats:
     """Run ``graph`` on each example; stop early only if the server keeps failing.
 
+    ``graph`` is a compiled graph or a zero-argument function that builds one; with
+    ``settings.processes > 1`` it must be such a function, picklable (a module-level
+    function or a ``functools.partial`` of one), since each worker process builds its
+    own, and the configs from ``config_for`` must be picklable and carry no callbacks.
+
     Raises ``DivconqError`` after ``max_consecutive_failures`` questions in a row were
     lost to connection errors; every result handed to ``on_result`` before that stays.
     """
-    from tqdm import tqdm
+    if settings.concurrency < 1 or settings.processes < 1:
+        settings = replace(settings, concurrency=max(1, settings.concurrency), processes=max(1, settings.processes))
+    tally = _Tally(on_result, settings, total, description)
+    try:
+        if settings.processes > 1:
+            _run_in_processes(graph, iter(examples), config_for, settings, tally)
+        else:
+            _run_in_threads(_compiled(graph), iter(examples), config_for, settings, tally)
+    finally:
+        tally.bar.close()
+    return tally.stats
 
-    stats = RunStats()
-    consecutive = 0
-    bar = tqdm(total=total, desc=description, unit="q", disable=not settings.progress)
+
+def _run_in_threads(graph: Any, source: Iterator[Example], config_for: Callable[[Example], RunnableConfig],
+                    settings: RunSettings, tally: _Tally) -> None:
     pending: set[Future] = set()
-    source = iter(examples)
     exhausted = False
-    with ThreadPoolExecutor(max_workers=max(1, settings.concurrency)) as pool:
+    with ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
         while True:
             while not exhausted and len(pending) < settings.concurrency:
                 example = next(source, None)
@@ -102,25 +180,166 @@ def run_examples(
                 break
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                outcome = future.result()
-                on_result(outcome)
-                bar.update(1)
-                if outcome.error is None:
-                    stats.finished += 1
-                    consecutive = 0
-                else:
-                    stats.failed += 1
-                    stats.errors.append(outcome.error)
-                    consecutive = consecutive + 1 if outcome.transient else 0
-            if consecutive >= settings.max_consecutive_failures:
-                exhausted = True  # stop feeding; let the questions in flight finish
+                tally.add(future.result())
+            if tally.server_gone:
+                # Stop feeding; let the questions in flight finish and keep them.
                 for future in wait(pending).done:
-                    on_result(future.result())
-                    bar.update(1)
-                bar.close()
-                raise DivconqError(
-                    f"the model server stopped answering ({stats.errors[-1]}); {stats.finished} questions "
-                    "finished and are saved: rerun the same command to resume"
-                )
-    bar.close()
-    return stats
+                    tally.add(future.result())
+                raise tally.server_gone_error()
+
+
+# --------------------------------------------------------------------------- worker processes
+
+# Imported once by the fork server, so each worker starts in milliseconds, not seconds.
+# The OpenAI client and its HTTP stack import much of themselves lazily, on the first
+# client built; names missing from this environment are skipped.
+_PRELOAD = [
+    "divconq.distill.runner", "divconq.distill.evaluate", "divconq.graph", "divconq.nodes.models",
+    "langchain.chat_models", "langchain_openai", "openai.resources.chat.completions.completions",
+    "openai.lib.streaming.chat", "httpx", "httpcore", "httpcore2", "h11", "truststore", "jiter",
+]
+
+
+def _context() -> Any:
+    """A fork server: workers fork from a clean process that has made no HTTP connection
+    and runs no thread, so nothing half-locked or half-used is inherited."""
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if ctx.get_start_method() == "forkserver":
+        ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
+
+
+def _worker(conn: Any, factory: Any, settings: RunSettings, threads: int) -> None:
+    """One worker process: build the graph, then run each question it is sent in a thread.
+
+    Messages out: ("ready", None) | ("failed", message) | ("outcome", (index, output, error, seconds, transient)).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    try:
+        graph = _compiled(factory)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", None))
+    lock = threading.Lock()
+
+    def run(index: int, example: Example, config: RunnableConfig) -> None:
+        outcome = _run_one(graph, example, config, settings)
+        with lock:
+            conn.send(("outcome", (index, outcome.output, outcome.error, outcome.seconds, outcome.transient)))
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        while True:
+            try:
+                task = conn.recv()
+            except (EOFError, OSError):
+                break
+            if task is None:
+                break
+            pool.submit(run, *task)
+    conn.close()
+
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Any
+    in_flight: dict[int, Example] = field(default_factory=dict)
+
+
+def _run_in_processes(factory: Any, source: Iterator[Example], config_for: Callable[[Example], RunnableConfig],
+                      settings: RunSettings, tally: _Tally) -> None:
+    if hasattr(factory, "invoke"):
+        raise DivconqError(
+            "processes > 1 builds one graph per worker process: pass a picklable function that builds the graph "
+            "(e.g. functools.partial of a module-level function), not a compiled graph"
+        )
+    first = next(source, None)
+    if first is None:
+        return  # nothing to do: start no workers
+    source = itertools.chain([first], source)
+    count = min(settings.processes, settings.concurrency)
+    threads = math.ceil(settings.concurrency / count)
+    ctx = _context()
+    workers: list[_Worker] = []
+    try:
+        for _ in range(count):
+            here, there = ctx.Pipe()
+            process = ctx.Process(target=_worker, args=(there, factory, settings, threads), daemon=True)
+            process.start()
+            there.close()
+            workers.append(_Worker(process, here))
+        for worker in workers:
+            try:
+                kind, payload = worker.conn.recv()
+            except EOFError:
+                worker.process.join(5)
+                kind, payload = "failed", f"the worker process exited with code {worker.process.exitcode}"
+            if kind != "ready":
+                raise DivconqError(f"a worker process could not build the graph: {payload}")
+        _feed_and_collect(workers, source, config_for, threads, tally)
+    except BaseException:
+        for worker in workers:  # nothing they still hold would be saved: stop them now
+            worker.process.terminate()
+        raise
+    finally:
+        for worker in workers:
+            try:
+                worker.conn.send(None)
+            except (OSError, ValueError):
+                pass
+        for worker in workers:
+            worker.process.join(timeout=10)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
+
+
+def _feed_and_collect(workers: list[_Worker], source: Iterator[Example],
+                      config_for: Callable[[Example], RunnableConfig], threads: int, tally: _Tally) -> None:
+    index = 0
+    exhausted = stopping = False
+    lost: str | None = None
+    live = list(workers)
+    while True:
+        while not (exhausted or stopping):
+            worker = min(live, key=lambda w: len(w.in_flight))
+            if len(worker.in_flight) >= threads:
+                break
+            example = next(source, None)
+            if example is None:
+                exhausted = True
+                break
+            config = config_for(example)
+            if config.get("callbacks"):
+                raise DivconqError("callbacks cannot follow a question into a worker process: use processes=1")
+            worker.conn.send((index, example, config))
+            worker.in_flight[index] = example
+            index += 1
+        busy = [w for w in live if w.in_flight]
+        if not busy:
+            break
+        for conn in wait_connections([w.conn for w in busy]):
+            worker = next(w for w in busy if w.conn is conn)
+            try:
+                kind, payload = conn.recv()
+            except (EOFError, OSError):
+                worker.process.join(5)
+                lost = (f"a worker process exited (code {worker.process.exitcode}) with {len(worker.in_flight)} questions in flight, "
+                        "which are not saved")
+                live.remove(worker)
+                stopping = True
+                continue
+            number, output, error, seconds, transient = payload
+            tally.add(Outcome(worker.in_flight.pop(number), output, error, seconds, transient))
+        if tally.server_gone:
+            stopping = True  # stop feeding; the questions in flight finish and are kept
+        if stopping and not any(w.in_flight for w in live):
+            break
+    if lost:
+        raise DivconqError(f"{lost}; {tally.stats.finished} questions finished and are saved: "
+                           "rerun the same command to resume")
+    if tally.server_gone:
+        raise tally.server_gone_error()
