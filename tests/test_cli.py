@@ -78,3 +78,24 @@ def test_shards_partition_the_questions():
     assert set().union(*shards) == set(ids)
     assert sum(len(s) for s in shards) == len(ids)  # disjoint
     assert all(len(s) > 40 for s in shards)
+
+
+def test_eval_leaves_out_training_ids_before_the_limit(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from divconq.distill.datasets import question_id
+
+    data = tmp_path / "q.jsonl"
+    questions = [f"What is {i} plus {i}?" for i in range(4)]
+    data.write_text("".join(json.dumps({"question": q, "answer": str(2 * i)}) + "\n" for i, q in enumerate(questions)))
+    excluded = tmp_path / "ids.txt"
+    excluded.write_text(question_id("jsonl", questions[0]) + "\n")
+    out = tmp_path / "results.jsonl"
+    spec = f"hf:{tiny_model_dir}"
+    args = ["eval", "--dataset", "jsonl", "--data", str(data), "--out", str(out), "--limit", "2", "--exclude-ids",
+            str(excluded), "--decomposer", spec, "--solver", spec, "--max-new-tokens", "4", "--concurrency", "1", "--json"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["question"] for r in rows] == questions[1:3]  # the excluded one is gone, then two are taken
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n"] == 2 and summary["roles"]["solver"]["input_tokens_per_q"] > 0
