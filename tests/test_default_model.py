@@ -30,3 +30,34 @@ def test_default_model_answers_through_the_graph():
     assert out["solution"] and out["answer"]
     assert out["usage"]["decomposer"]["input_tokens"] > 100  # the real chat-templated prompt
     assert out["usage"]["solver"]["output_tokens"] > 0
+
+
+def test_the_shipped_distilled_adapter_is_the_default_decomposer():
+    import json
+
+    from divconq.nodes.models import ADAPTER_MANIFEST, DEFAULT_ADAPTER_DIR, model_fingerprint
+
+    manifest = json.loads((DEFAULT_ADAPTER_DIR / ADAPTER_MANIFEST).read_text())
+    assert manifest["base_model"] == "default" and manifest["variant"] == "decomposer"
+    assert manifest["metrics"]["eval_loss_after"] < manifest["metrics"]["eval_loss_before"]
+    size = sum(f.stat().st_size for f in DEFAULT_ADAPTER_DIR.iterdir())
+    assert size < 20 * 2**20
+    training_ids = (DEFAULT_ADAPTER_DIR / "training_ids.txt").read_text().split()
+    assert len(training_ids) > 400 and any(i.startswith("gsm8k-") for i in training_ids)
+
+    base = load_chat_model("default", role="solver", max_new_tokens=8)
+    student = load_chat_model("default", role="decomposer", max_new_tokens=80)
+    assert model_fingerprint(base.llm.pipeline.model) == manifest["base_fingerprint"]
+    # The adapter was merged into the decomposer's copy of the weights, not the solver's.
+    q_base = base.llm.pipeline.model.model.layers[0].self_attn.q_proj.weight
+    q_student = student.llm.pipeline.model.model.layers[0].self_attn.q_proj.weight
+    assert not (q_base == q_student).all()
+
+
+def test_the_distilled_decomposer_writes_subquestions_zero_shot():
+    from divconq.nodes import prompts as P
+    from divconq.nodes.parsing import parse_subquestions
+
+    student = load_chat_model("default", role="decomposer", max_new_tokens=80)
+    messages = P.decompose_messages(P.get_prompts("math"), QUESTION)  # zero-shot: no worked example
+    assert len(parse_subquestions(student.invoke(messages).content, 3, QUESTION)) >= 1
