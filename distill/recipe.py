@@ -52,7 +52,7 @@ class RecipeConfig:
     ])
     teacher_task: str = "math"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        lora_r=8, lora_alpha=16, learning_rate=3e-4, num_epochs=2.0, batch_size=8, max_length=512,
+        lora_r=8, lora_alpha=16, learning_rate=3e-4, num_epochs=1.0, batch_size=8, max_length=512,
         eval_steps=25, save_steps=25, logging_steps=5,
     ))
 
@@ -119,7 +119,7 @@ def build_default_adapter(data_root: Path, out: Path, teacher_store: Path | None
     (out / TRAINING_IDS_FILE).write_text("\n".join(sorted(ids)) + "\n")
     record = {
         "command": "python -m divconq.distill.recipe --data ../shared/data"
-        + (" --teacher-store TEACHER.db" if teacher_store else "") + f" --out {out}",
+        + (" --teacher-store TEACHER.db" if teacher_store else ""),
         "sources": {k: {key: v[key] for key in ("seen", "kept", "train", "validation", "dropped")} for k, v in summaries.items()},
         "training_ids": len(ids),
         "train": asdict(config.train),
