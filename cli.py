@@ -43,10 +43,11 @@ def graph_for_cli(args: argparse.Namespace) -> Any:
 
     decomposer = load_chat_model(args.decomposer, role="decomposer", max_new_tokens=args.max_new_tokens)
     solver = load_chat_model(args.solver, role="solver", max_new_tokens=args.max_new_tokens)
-    # Small base models write no usable sub-questions zero-shot; until a distilled
-    # adapter is there, the embedded decomposer is shown one worked example.
-    untrained_default = args.decomposer == "default" and not (DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file()
-    prompts = get_prompts(args.task, one_shot=untrained_default)
+    # Small base models write no usable sub-questions zero-shot: the bare embedded model
+    # (no distilled adapter) is shown one worked example.
+    shipped = (DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file()
+    bare_default = args.decomposer == "default+adapter=none" or (args.decomposer == "default" and not shipped)
+    prompts = get_prompts(args.task, one_shot=bare_default)
     return build_graph(
         decomposer, solver, mode=args.mode, solve=args.solve, prompts=prompts, max_subquestions=args.max_subquestions
     ).compile()
