@@ -17,12 +17,12 @@ cross a process boundary.
 from __future__ import annotations
 
 import itertools
-import math
 import multiprocessing
+import queue
 import signal
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait as wait_connections
 from typing import Any, Callable, Iterable, Iterator
@@ -36,7 +36,13 @@ from divconq.nodes.nodes import is_transient_error
 
 @dataclass(frozen=True)
 class RunSettings:
-    """How hard to push a model server, and when to give up on it."""
+    """How hard to push a model server, and when to give up on it.
+
+    ``concurrency`` questions are in flight at once. With ``processes > 1`` they are
+    shared out over that many worker processes (threads inside each), which lets a fast
+    server be driven from every core; it pays only with an API model (each worker would
+    load its own copy of a local model) and needs a graph factory (see ``run_examples``).
+    """
 
     concurrency: int = 4
     retries: int = 1  # whole-question reruns after the nodes' own retries, connection errors only
@@ -166,25 +172,38 @@ def run_examples(
 
 def _run_in_threads(graph: Any, source: Iterator[Example], config_for: Callable[[Example], RunnableConfig],
                     settings: RunSettings, tally: _Tally) -> None:
+    # Finished futures arrive on a queue: O(1) per question, whatever the concurrency
+    # (waiting on the whole pending set costs O(concurrency) per question).
+    finished: queue.SimpleQueue[Future] = queue.SimpleQueue()
     pending: set[Future] = set()
     exhausted = False
     with ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
         while True:
-            while not exhausted and len(pending) < settings.concurrency:
+            # One more than run at once waits in the pool's queue, so a thread that
+            # finishes starts the next question without waiting for this thread.
+            while not exhausted and len(pending) <= settings.concurrency:
                 example = next(source, None)
                 if example is None:
                     exhausted = True
                     break
-                pending.add(pool.submit(_run_one, graph, example, config_for(example), settings))
+                future = pool.submit(_run_one, graph, example, config_for(example), settings)
+                pending.add(future)
+                future.add_done_callback(finished.put)
             if not pending:
                 break
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                tally.add(future.result())
+            future = finished.get()
+            pending.discard(future)
+            tally.add(future.result())
             if tally.server_gone:
-                # Stop feeding; let the questions in flight finish and keep them.
-                for future in wait(pending).done:
-                    tally.add(future.result())
+                # Stop feeding; drop what has not started; keep what is in flight.
+                for future in list(pending):
+                    if future.cancel():
+                        pending.discard(future)
+                while pending:
+                    future = finished.get()
+                    if future in pending:
+                        pending.discard(future)
+                        tally.add(future.result())
                 raise tally.server_gone_error()
 
 
@@ -225,19 +244,37 @@ def _worker(conn: Any, factory: Any, settings: RunSettings, threads: int) -> Non
     lock = threading.Lock()
 
     def run(index: int, example: Example, config: RunnableConfig) -> None:
-        outcome = _run_one(graph, example, config, settings)
+        try:
+            outcome = _run_one(graph, example, config, settings)
+            reply = (index, outcome.output, outcome.error, outcome.seconds, outcome.transient)
+        except BaseException as exc:  # noqa: BLE001 - the parent must hear back about every question
+            reply = (index, None, f"{type(exc).__name__}: {exc}"[:300], 0.0, False)
         with lock:
-            conn.send(("outcome", (index, outcome.output, outcome.error, outcome.seconds, outcome.transient)))
+            try:
+                conn.send(("outcome", reply))
+            except (OSError, ValueError):
+                return  # the parent is gone
+            except Exception as exc:  # noqa: BLE001 - an output that does not pickle
+                conn.send(("outcome", (index, None, f"the output could not be sent back: {exc}"[:300],
+                                       reply[3], False)))
 
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    def tasks() -> Iterator[tuple[int, Example, RunnableConfig]]:
         while True:
             try:
                 task = conn.recv()
             except (EOFError, OSError):
-                break
+                return
             if task is None:
-                break
-            pool.submit(run, *task)
+                return
+            yield task
+
+    if threads == 1:  # no thread hand-off: the next question already waits in the pipe
+        for task in tasks():
+            run(*task)
+    else:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for task in tasks():
+                pool.submit(run, *task)
     conn.close()
 
 
@@ -245,6 +282,7 @@ def _worker(conn: Any, factory: Any, settings: RunSettings, threads: int) -> Non
 class _Worker:
     process: Any
     conn: Any
+    threads: int  # questions it runs at once; it is sent one more, queued, so it never waits for the next
     in_flight: dict[int, Example] = field(default_factory=dict)
 
 
@@ -260,25 +298,28 @@ def _run_in_processes(factory: Any, source: Iterator[Example], config_for: Calla
         return  # nothing to do: start no workers
     source = itertools.chain([first], source)
     count = min(settings.processes, settings.concurrency)
-    threads = math.ceil(settings.concurrency / count)
+    # The concurrency split exactly: 5 over 2 workers is 3 + 2, so the server sees 5 at most.
+    shares = [settings.concurrency // count + (i < settings.concurrency % count) for i in range(count)]
     ctx = _context()
     workers: list[_Worker] = []
     try:
-        for _ in range(count):
+        for threads in shares:
             here, there = ctx.Pipe()
             process = ctx.Process(target=_worker, args=(there, factory, settings, threads), daemon=True)
             process.start()
             there.close()
-            workers.append(_Worker(process, here))
+            workers.append(_Worker(process, here, threads))
         for worker in workers:
             try:
                 kind, payload = worker.conn.recv()
             except EOFError:
                 worker.process.join(5)
-                kind, payload = "failed", f"the worker process exited with code {worker.process.exitcode}"
+                kind, payload = "failed", (
+                    f"the worker process exited with code {worker.process.exitcode} (a script that runs an "
+                    "evaluation must guard its entry point with `if __name__ == \"__main__\":`)")
             if kind != "ready":
                 raise DivconqError(f"a worker process could not build the graph: {payload}")
-        _feed_and_collect(workers, source, config_for, threads, tally)
+        _feed_and_collect(workers, source, config_for, tally)
     except BaseException:
         for worker in workers:  # nothing they still hold would be saved: stop them now
             worker.process.terminate()
@@ -298,15 +339,15 @@ def _run_in_processes(factory: Any, source: Iterator[Example], config_for: Calla
 
 
 def _feed_and_collect(workers: list[_Worker], source: Iterator[Example],
-                      config_for: Callable[[Example], RunnableConfig], threads: int, tally: _Tally) -> None:
+                      config_for: Callable[[Example], RunnableConfig], tally: _Tally) -> None:
     index = 0
     exhausted = stopping = False
     lost: str | None = None
     live = list(workers)
     while True:
         while not (exhausted or stopping):
-            worker = min(live, key=lambda w: len(w.in_flight))
-            if len(worker.in_flight) >= threads:
+            worker = min(live, key=lambda w: len(w.in_flight) - w.threads)
+            if len(worker.in_flight) > worker.threads:
                 break
             example = next(source, None)
             if example is None:
@@ -327,8 +368,8 @@ def _feed_and_collect(workers: list[_Worker], source: Iterator[Example],
                 kind, payload = conn.recv()
             except (EOFError, OSError):
                 worker.process.join(5)
-                lost = (f"a worker process exited (code {worker.process.exitcode}) with {len(worker.in_flight)} questions in flight, "
-                        "which are not saved")
+                lost = (f"a worker process exited (code {worker.process.exitcode}) with "
+                        f"{len(worker.in_flight)} questions in flight, which are not saved")
                 live.remove(worker)
                 stopping = True
                 continue
