@@ -6,6 +6,7 @@ Bad input ends in one line on stderr naming the problem and the fix, and exit co
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -161,14 +162,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     examples = [e for e in load_dataset(args.dataset, args.data) if e.id not in excluded]
     examples = examples[: args.limit] if args.limit else examples
     pricing = load_pricing(args.pricing)
-    graph = graph_for_cli(args)
+    # Worker processes each build their own graph (a compiled graph cannot cross a process).
+    graph = functools.partial(graph_for_cli, args) if args.processes > 1 else graph_for_cli(args)
     run_info = {"dataset": args.dataset, "decomposer": args.decomposer, "solver": args.solver, "mode": args.mode}
     for item in args.price_as or []:
         role, _, key = item.partition("=")
         if role not in ("decomposer", "solver") or key not in pricing:
             raise DivconqError(f"--price-as {item!r}: use decomposer=KEY or solver=KEY with a key of the pricing table")
         run_info[f"{role}_price_key"] = key
-    settings = RunSettings(concurrency=args.concurrency, progress=not args.json)
+    settings = RunSettings(concurrency=args.concurrency, processes=args.processes, progress=not args.json)
     rows = evaluate(graph, examples, dataset=args.dataset, out=args.out, run_info=run_info, settings=settings,
                     exclude_ids=excluded)
     summary = summarise(rows, pricing)
@@ -324,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, metavar="RESULTS.jsonl", help="appended to; finished ids are skipped")
     evaluate.add_argument("--limit", type=int)
     evaluate.add_argument("--concurrency", type=int, default=4)
+    evaluate.add_argument("--processes", type=int, default=1,
+                          help="worker processes sharing the concurrency (API models only: spreads client work over cores)")
     evaluate.add_argument("--pricing", metavar="FILE", help='JSON {"spec": {"input": $/1K, "output": $/1K}}')
     evaluate.add_argument("--price-as", action="append", metavar="ROLE=KEY", help="price a role as a pricing-table key")
     evaluate.add_argument("--exclude-ids", metavar="FILE", help="ids to leave out (default: the shipped adapter's training ids)")

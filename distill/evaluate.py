@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -145,11 +146,18 @@ def evaluate(
     _repair_tail(out)
     with out.open("a", encoding="utf-8") as handle:
 
+        lost = []
+
         def write(outcome: Outcome) -> None:
+            if outcome.transient:  # the server, not the question: left for the rerun to retry
+                lost.append(outcome.example.id)
+                return
             handle.write(json.dumps(result_row(outcome, dataset, run_info)) + "\n")
             handle.flush()
 
         run_examples(graph, todo, write, settings=settings, total=len(todo), description=f"eval {dataset}")
+    if lost:
+        print(f"{len(lost)} questions lost to connection errors are not in {out}: rerun to retry them", file=sys.stderr)
     return read_results(out)
 
 

@@ -7,8 +7,9 @@ writes them one at a time and nothing finished is lost if the run stops.
 With ``processes > 1`` the questions run in that many worker processes (each with its
 share of the concurrency, in threads), so the client work of talking to a fast server
 (LangGraph, LangChain, the OpenAI client, HTTP) is spread over the cores instead of
-queuing on one interpreter lock. Workers get one question at a time over a pipe and
-send back its output; the calling process stays the only writer of results. Each
+queuing on one interpreter lock. Workers get questions over a pipe (one more than they
+run at once, so none waits for the next) and send back each output; the calling
+process stays the only writer of results. Each
 worker builds its own graph (and so its own HTTP connections) from a picklable
 zero-argument factory, e.g. ``functools.partial(build, spec)``; a compiled graph cannot
 cross a process boundary.
@@ -230,7 +231,7 @@ def _context() -> Any:
 
 
 def _worker(conn: Any, factory: Any, settings: RunSettings, threads: int) -> None:
-    """One worker process: build the graph, then run each question it is sent in a thread.
+    """One worker process: build the graph, then run each question it is sent in its threads.
 
     Messages out: ("ready", None) | ("failed", message) | ("outcome", (index, output, error, seconds, transient)).
     """
@@ -258,23 +259,16 @@ def _worker(conn: Any, factory: Any, settings: RunSettings, threads: int) -> Non
                 conn.send(("outcome", (index, None, f"the output could not be sent back: {exc}"[:300],
                                        reply[3], False)))
 
-    def tasks() -> Iterator[tuple[int, Example, RunnableConfig]]:
+    # The main thread only reads the pipe, so the parent never blocks sending a question.
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         while True:
             try:
                 task = conn.recv()
             except (EOFError, OSError):
-                return
+                break
             if task is None:
-                return
-            yield task
-
-    if threads == 1:  # no thread hand-off: the next question already waits in the pipe
-        for task in tasks():
-            run(*task)
-    else:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            for task in tasks():
-                pool.submit(run, *task)
+                break
+            pool.submit(run, *task)
     conn.close()
 
 
