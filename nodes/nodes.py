@@ -19,7 +19,6 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import merge_configs
 from langgraph.types import interrupt
 
-from divconq.errors import DivconqError
 
 from divconq.nodes import prompts as P
 from divconq.nodes.parsing import (

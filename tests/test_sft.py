@@ -35,7 +35,7 @@ def make_run(**fields) -> SimpleNamespace:
     """A TraceRun-like record from plain values (defaults: a correct static joint run)."""
     n = fields.pop("n", 0)
     question = fields.pop("question", f"Tom has {n} apples and buys {n + 2} more. How many apples does he have?")
-    subquestions = fields.pop("subquestions", [f"How many apples did Tom buy?", "How many apples does Tom have now?"])
+    subquestions = fields.pop("subquestions", ["How many apples did Tom buy?", "How many apples does Tom have now?"])
     route = fields.pop("route", "static")
     default_calls = {
         "static": [call("decompose", "decomposer"), call("solve", "solver")],
