@@ -170,6 +170,11 @@ def extract_answer(text: str | None) -> str:
     markers = list(_ANSWER_MARKERS.finditer(text))
     if markers:
         tail = text[markers[-1].end():].strip()
+        # "The answer is: \[ \boxed{72} \]" over several lines: keep the display block whole.
+        if tail.startswith(("\\[", "$$")):
+            closing = "\\]" if tail.startswith("\\[") else "$$"
+            end = tail.find(closing, 2)
+            tail = " ".join(tail[2 : end if end != -1 else None].split())
         answer = tail.splitlines()[0] if tail else ""
         if not answer.strip() and len(tail.splitlines()) > 1:
             answer = next((ln for ln in tail.splitlines() if ln.strip()), "")

@@ -94,6 +94,8 @@ def test_bad_cap_is_a_programming_error():
         ("The answer is: 18.\n\nWait, I made a mistake. The answer is: 20", "20"),
         ("Answer: yes", "yes"),
         ("The answer is:\n42", "42"),
+        ("The answer is:\n\\[\n\\boxed{72}\n\\]", "72"),
+        ("The answer is: $$ 72 $$", "72"),
         ("no marker at all\n18 dollars", "18 dollars"),
         ("", ""),
         (None, ""),
