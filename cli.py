@@ -36,22 +36,28 @@ def _read_context(path: str | None) -> str | None:
 
 
 def graph_for_cli(args: argparse.Namespace) -> Any:
-    """The compiled graph for the chosen specs; the bare embedded decomposer gets a one-shot prompt."""
+    """The compiled graph for the chosen specs and prompts."""
     from divconq.graph import build_graph
     from divconq.nodes import load_chat_model
-    from divconq.nodes.models import DEFAULT_ADAPTER_DIR
-    from divconq.nodes.prompts import get_prompts
 
     decomposer = load_chat_model(args.decomposer, role="decomposer", max_new_tokens=args.max_new_tokens)
     solver = load_chat_model(args.solver, role="solver", max_new_tokens=args.max_new_tokens)
-    # Small base models write no usable sub-questions zero-shot: the bare embedded model
-    # (no distilled adapter) is shown one worked example.
+    return build_graph(
+        decomposer, solver, mode=args.mode, solve=args.solve, prompts=prompts_for_cli(args),
+        max_subquestions=args.max_subquestions,
+    ).compile()
+
+
+def prompts_for_cli(args: argparse.Namespace) -> Any:
+    """The task's prompts; ``--shots auto`` shows one worked example to the bare embedded
+    model only, because small base models write no usable sub-questions zero-shot."""
+    from divconq.nodes.models import DEFAULT_ADAPTER_DIR
+    from divconq.nodes.prompts import get_prompts
+
     shipped = (DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file()
     bare_default = args.decomposer == "default+adapter=none" or (args.decomposer == "default" and not shipped)
-    prompts = get_prompts(args.task, one_shot=bare_default)
-    return build_graph(
-        decomposer, solver, mode=args.mode, solve=args.solve, prompts=prompts, max_subquestions=args.max_subquestions
-    ).compile()
+    one_shot = {"auto": bare_default, "zero": False, "one": True}[args.shots]
+    return get_prompts(args.task, one_shot=one_shot)
 
 
 def format_result(result: dict[str, Any]) -> str:
@@ -302,6 +308,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", default="static", choices=["static", "dynamic", "single", "auto"])
     parser.add_argument("--solve", default="joint", choices=["joint", "sequential", "parallel"])
     parser.add_argument("--task", default="math", choices=["math", "reading", "multihop"], help="prompt variant")
+    parser.add_argument("--shots", default="auto", choices=["auto", "zero", "one"],
+                        help="decomposer prompt: the paper's zero-shot one, or one worked example "
+                        "(auto: one-shot only for the bare embedded model)")
     parser.add_argument("--max-subquestions", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=256)
 

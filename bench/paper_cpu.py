@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from teacher import llama_server, teacher_gguf
@@ -30,18 +31,32 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "gsm8k"
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# name -> (decomposer, solver, mode); TEACHER and ADAPTERS are filled in at run time.
+# name -> (decomposer, solver, mode, extra eval args). {teacher}, {student} (the bare
+# student), {base} (the student spec adapters attach to) and {work} are filled in per run.
 CONFIGS = {
-    "single": ("{teacher}", "{teacher}", "single"),
-    "static": ("{teacher}", "{teacher}", "static"),
-    "dynamic": ("{teacher}", "{teacher}", "dynamic"),
-    "untrained_student": ("default+adapter=none", "{teacher}", "static"),
-    "sd_t": ("default+adapter={work}/adapters/sd_t", "{teacher}", "static"),
-    "sd_r": ("default+adapter={work}/adapters/sd_r", "{teacher}", "static"),
-    "shipped_student": ("default", "{teacher}", "static"),
-    "se_t": ("{teacher}", "default+adapter={work}/adapters/se_t", "static"),
+    "single": ("{teacher}", "{teacher}", "single", []),
+    "static": ("{teacher}", "{teacher}", "static", []),
+    "dynamic": ("{teacher}", "{teacher}", "dynamic", []),
+    # The paper's untrained student: the base model with the same zero-shot prompt.
+    "untrained_student": ("{student}", "{teacher}", "static", ["--shots", "zero"]),
+    "sd_t": ("{base}+adapter={work}/adapters/sd_t", "{teacher}", "static", []),
+    "sd_r": ("{base}+adapter={work}/adapters/sd_r", "{teacher}", "static", []),
+    "shipped_student": ("default", "{teacher}", "static", []),  # only when the student is the embedded model
+    "se_t": ("{teacher}", "{base}+adapter={work}/adapters/se_t", "static", []),
 }
 SFT = {"sd_t": ["--screen", "none"], "sd_r": ["--screen", "gold"], "se_t": ["--variant", "solver", "--answer", "teacher"]}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Which models play which part, and how hard to drive them."""
+
+    teacher: str  # model spec of the teacher (decomposer and solver)
+    student: str = "default+adapter=none"  # the bare student
+    base: str = "default"  # the student spec that adapters train on and attach to
+    concurrency: int = 2
+    batch_size: int = 8
+    name: str = "paper_cpu"  # results/<name>.{md,json,png}
 
 
 def stage(name: str, done: bool) -> bool:
@@ -49,73 +64,90 @@ def stage(name: str, done: bool) -> bool:
     return not done
 
 
-def run(args: argparse.Namespace, teacher: str) -> None:
+def configs_for(setup: Setup, wanted: str | None) -> list[str]:
+    names = wanted.split(",") if wanted else [c for c in CONFIGS if c != "shipped_student" or setup.base == "default"]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"unknown configuration(s) {', '.join(unknown)}: choose from {', '.join(CONFIGS)}")
+    return names
+
+
+def run(args: argparse.Namespace, setup: Setup) -> None:
     work = args.work
     store = work / "teacher.db"
-    wanted = args.configs.split(",") if args.configs else list(CONFIGS)
-    needs_students = any(c in SFT for c in wanted)
-    if needs_students and stage("collect", (work / "collect.done").exists()):
+    wanted = configs_for(setup, args.configs)
+    if any(c in SFT for c in wanted) and stage("collect", (work / "collect.done").exists()):
         divconq(["collect", "--dataset", "gsm8k", "--data", str(DATA / "train.jsonl"), "--limit", str(args.train_questions),
-                 "--decomposer", teacher, "--solver", teacher, "--store", str(store), "--concurrency", "2"])
+                 "--decomposer", setup.teacher, "--solver", setup.teacher, "--store", str(store),
+                 "--concurrency", str(setup.concurrency)])
         (work / "collect.done").touch()
     for name in (c for c in SFT if c in wanted):
         data, adapter = work / "sft" / name, work / "adapters" / name
         if stage(f"sft {name}", (data / "summary.json").exists()):
             divconq(["sft", "--store", str(store), "--out", str(data), "--overwrite", *SFT[name]])
         if stage(f"train {name}", (adapter / "divconq_adapter.json").exists()):
-            divconq(["train", "--data", str(data), "--base", "default", "--out", str(adapter), "--resume",
-                     "--epochs", str(args.epochs), "--batch-size", "8", "--lora-r", "8", "--lora-alpha", "16"])
+            divconq(["train", "--data", str(data), "--base", setup.base, "--out", str(adapter), "--resume",
+                     "--epochs", str(args.epochs), "--batch-size", str(setup.batch_size), "--lora-r", "8", "--lora-alpha", "16"])
+    fill = {"teacher": setup.teacher, "student": setup.student, "base": setup.base, "work": work}
     for name in wanted:
-        decomposer, solver, mode = (part.format(teacher=teacher, work=work) for part in CONFIGS[name])
+        decomposer, solver, mode, extra = CONFIGS[name]
         out = work / "results" / f"{name}.jsonl"
         if stage(f"eval {name}", len(read_results(out)) >= args.questions):
             divconq(["eval", "--dataset", "gsm8k", "--data", str(DATA / "test.jsonl"), "--limit", str(args.questions),
-                     "--decomposer", decomposer, "--solver", solver, "--mode", mode, "--out", str(out),
-                     "--concurrency", "2", "--max-new-tokens", "256"])
+                     "--decomposer", decomposer.format(**fill), "--solver", solver.format(**fill), "--mode", mode,
+                     *extra, "--out", str(out), "--concurrency", str(setup.concurrency), "--max-new-tokens", "256"])
 
 
-def write_table(args: argparse.Namespace) -> str:
-    """Table 1 from whatever results exist, priced as the paper does: teacher at GPT-3.5
+def write_table(args: argparse.Namespace, setup: Setup) -> str:
+    """Table 1 from whatever results exist, priced as the paper does: the teacher at GPT-3.5
     prices, the student at their 13/175 scaling of them."""
     paths = [args.work / "results" / f"{name}.jsonl" for name in CONFIGS]
     paths = [p for p in paths if read_results(p)]
     if not paths:
         return "no results yet"
     pricing = load_pricing(None)
-    pricing |= {row["decomposer"]: pricing["13b-student"] for p in paths for row in read_results(p)[:1]
-                if row["decomposer"].startswith("default")}
-    pricing |= {row["solver"]: pricing["13b-student"] for p in paths for row in read_results(p)[:1]
-                if row["solver"].startswith("default")}
-    pricing |= {row[role]: pricing["openai:gpt-3.5-turbo"] for p in paths for row in read_results(p)[:1]
-                for role in ("decomposer", "solver") if row[role].startswith("openai:")}
+    for row in (read_results(p)[0] for p in paths):
+        for role in ("decomposer", "solver"):
+            student = row[role].startswith((setup.base, setup.student, "default"))
+            pricing[row[role]] = pricing["13b-student" if student else "openai:gpt-3.5-turbo"]
     RESULTS.mkdir(exist_ok=True)
-    table = report(paths, pricing=pricing, markdown_out=RESULTS / "paper_cpu.md", png_out=RESULTS / "paper_cpu.png")
+    out = RESULTS / setup.name
+    table = report(paths, pricing=pricing, markdown_out=out.with_suffix(".md"), png_out=out.with_suffix(".png"))
     summaries = {p.stem: summarise(read_results(p), pricing) for p in paths}
-    (RESULTS / "paper_cpu.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(summaries, indent=2) + "\n")
     return table
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser, work: str) -> None:
     parser.add_argument("--questions", type=int, default=100, help="held-out GSM8K test questions (>= 100 for the table)")
     parser.add_argument("--train-questions", type=int, default=200, help="GSM8K train questions the teacher decomposes")
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--configs", help=f"comma-separated subset of {','.join(CONFIGS)}")
-    parser.add_argument("--work", type=Path, default=Path("paper_cpu_work"))
-    parser.add_argument("--teacher-url", help="an already running teacher server (OpenAI base URL)")
+    parser.add_argument("--work", type=Path, default=Path(work))
     parser.add_argument("--table-only", action="store_true", help="print the table from the results so far")
     parser.add_argument("--json", action="store_true")
+
+
+def finish(args: argparse.Namespace, setup: Setup) -> None:
+    table = write_table(args, setup)
+    path = RESULTS / f"{setup.name}.json"
+    print(path.read_text() if args.json and path.exists() else table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser, "paper_cpu_work")
+    parser.add_argument("--teacher-url", help="an already running teacher server (OpenAI base URL)")
     args = parser.parse_args()
     args.work = args.work.resolve()
     args.work.mkdir(exist_ok=True)
     if not args.table_only:
         if args.teacher_url:
-            run(args, f"openai:teacher@{args.teacher_url}")
+            run(args, Setup(teacher=f"openai:teacher@{args.teacher_url}"))
         else:
             with llama_server(teacher_gguf()) as url:
-                run(args, f"openai:teacher@{url}")
-    table = write_table(args)
-    print(json.dumps(json.loads((RESULTS / "paper_cpu.json").read_text()), indent=2) if args.json else table)
+                run(args, Setup(teacher=f"openai:teacher@{url}"))
+    finish(args, Setup(teacher="openai:teacher"))
 
 
 if __name__ == "__main__":

@@ -65,8 +65,8 @@ def llama_server(gguf: Path, *, port: int | None = None, ctx: int = 4096, thread
     port = port or _free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
                "--port", str(port), "--n_ctx", str(ctx), "--model_alias", "teacher"]
-    if threads:
-        command += ["--n_threads", str(threads)]
+    # llama_cpp.server generates on half the cores unless told; the teacher is the bottleneck.
+    command += ["--n_threads", str(threads or os.cpu_count() or 1)]
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"llama-server-{port}.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
@@ -94,8 +94,10 @@ def llama_server(gguf: Path, *, port: int | None = None, ctx: int = 4096, thread
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="generation threads (llama_cpp.server's own default is half the cores)")
     args = parser.parse_args()
-    with llama_server(teacher_gguf(), port=args.port) as url:
+    with llama_server(teacher_gguf(), port=args.port, threads=args.threads) as url:
         print(f"teacher at {url} (spec: openai:teacher@{url}); Ctrl-C stops it", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             while True:

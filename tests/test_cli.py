@@ -99,3 +99,21 @@ def test_eval_leaves_out_training_ids_before_the_limit(tiny_model_dir, tmp_path,
     assert [r["question"] for r in rows] == questions[1:3]  # the excluded one is gone, then two are taken
     summary = json.loads(capsys.readouterr().out)
     assert summary["n"] == 2 and summary["roles"]["solver"]["input_tokens_per_q"] > 0
+
+
+@pytest.mark.parametrize(
+    "decomposer, shots, one_shot",
+    [
+        ("default+adapter=none", "auto", True),  # the bare embedded model gets a worked example
+        ("default", "auto", False),  # the shipped distilled adapter does not need one
+        ("openai:teacher@http://127.0.0.1:9/v1", "auto", False),
+        ("default+adapter=none", "zero", False),  # the paper's untrained student: zero-shot
+        ("openai:teacher@http://127.0.0.1:9/v1", "one", True),
+    ],
+)
+def test_shots_choose_the_decomposer_prompt(decomposer, shots, one_shot):
+    from divconq.cli import build_parser, prompts_for_cli
+
+    args = build_parser().parse_args(["eval", "--dataset", "gsm8k", "--data", "x.jsonl", "--out", "r.jsonl",
+                                      "--decomposer", decomposer, "--shots", shots])
+    assert (prompts_for_cli(args).example is not None) is one_shot
