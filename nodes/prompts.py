@@ -32,7 +32,7 @@ _NEXT = (
 )
 # Small instruct models (the 1.5B teacher of bench/) tend to open with "The answer is"
 # and reason afterwards; saying "only after that" and "last line" twice, once in the user
-# turn, keeps the answer at the end (2/6 vs 1/6 correct on a GSM8K probe; RESULTS.md).
+# turn, keeps the answer at the end (bench/solver_prompt.py compares; figures in RESULTS.md).
 _SOLVE = (
     "Solve the {kind}. Answer the sub-questions one by one, showing your working, then "
     'answer the original question. Only after that, write a last line "The answer is: " '
