@@ -8,29 +8,23 @@ from typing import Annotated, Any
 # typing_extensions.TypedDict on Python < 3.12.
 from typing_extensions import TypedDict
 
-from divconq.nodes.nodes import RESET
-
 RoleUsage = dict[str, float]  # calls, input_tokens, output_tokens, seconds
 
 
 def merge_usage(left: dict[str, RoleUsage] | None, right: dict[str, Any] | None) -> dict[str, RoleUsage]:
-    """Add per-role usage; an update carrying ``__reset__`` starts from zero (a new run)."""
+    """Add per-role usage. A new run starts from zero by writing ``Overwrite(...)``."""
     if not right:
         return dict(left or {})
-    total = {} if right.get(RESET) else {role: dict(stats) for role, stats in (left or {}).items()}
+    total = {role: dict(stats) for role, stats in (left or {}).items()}
     for role, stats in right.items():
-        if role == RESET:
-            continue
         into = total.setdefault(role, {"calls": 0, "input_tokens": 0, "output_tokens": 0, "seconds": 0.0})
         for key, value in stats.items():
             into[key] = into.get(key, 0) + value
     return total
 
 
-def merge_parallel(left: list[dict] | None, right: list[dict] | dict | None) -> list[dict]:
-    """Collect answers from parallel branches; ``{"__reset__": True}`` empties the list."""
-    if isinstance(right, dict) and right.get(RESET):
-        return []
+def merge_parallel(left: list[dict] | None, right: list[dict] | None) -> list[dict]:
+    """Collect answers from parallel branches. A new run empties the list with ``Overwrite([])``."""
     return list(left or []) + list(right or [])
 
 

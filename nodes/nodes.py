@@ -17,7 +17,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import merge_configs
-from langgraph.types import interrupt
+from langgraph.types import Overwrite, interrupt
 
 
 from divconq.nodes import prompts as P
@@ -32,7 +32,6 @@ from divconq.nodes.parsing import (
 DECOMPOSER = "decomposer"
 SOLVER = "solver"
 ROLE_METADATA_KEY = "divconq_role"
-RESET = "__reset__"
 
 
 @dataclass(frozen=True)
@@ -113,14 +112,15 @@ def fresh_run(state: dict[str, Any]) -> dict[str, Any]:
         "solution": None,
         "answer": None,
         "fallback_reason": None,
-        "parallel_answers": {RESET: True},
-        "usage": {RESET: True},
+        # Overwrite bypasses the accumulating reducers: the previous run's totals go.
+        "parallel_answers": Overwrite([]),
+        "usage": Overwrite({}),
     }
 
 
 def _with_usage(update: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
-    if RESET in update.get("usage", {}):
-        usage = {RESET: True, **usage}
+    if isinstance(update.get("usage"), Overwrite):
+        usage = Overwrite(usage)  # the first node of a run: its usage starts the totals
     return {**update, "usage": usage}
 
 

@@ -8,6 +8,7 @@ from fakes import ScriptedChatModel, last_user_text, scripted
 from langchain_core.callbacks import BaseCallbackHandler
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.types import Overwrite
 
 from divconq.errors import DivconqError
 from divconq.graph import build_graph
@@ -218,3 +219,15 @@ def test_in_memory_checkpointer_round_trip():
     )
     out = graph.invoke({"question": QUESTION}, {"configurable": {"thread_id": "x"}})
     assert out["answer"] == "72" and len(out["sub_answers"]) == 2
+
+
+def test_the_first_node_of_a_run_overwrites_totals_with_its_own_usage():
+    graph = build_graph(scripted(DECOMPOSITION), scripted("The answer is: 72")).compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "u"}}
+    graph.invoke({"question": QUESTION}, config)
+    updates = list(graph.stream({"question": QUESTION}, config, stream_mode="updates"))
+    first = updates[0]["decompose"]
+    # LangGraph's own Overwrite, carrying the real figures, not a private marker.
+    assert isinstance(first["usage"], Overwrite) and first["usage"].value["decomposer"]["calls"] == 1
+    assert isinstance(first["parallel_answers"], Overwrite) and first["parallel_answers"].value == []
+    assert graph.get_state(config).values["usage"]["decomposer"]["calls"] == 1
