@@ -48,7 +48,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 
 from divconq.errors import DivconqError
 from divconq.nodes.parsing import NO_DECOMPOSITION, is_no_decomposition, parse_subquestions
-from divconq.nodes.prompts import decompose_messages, get_prompts, solve_messages
+from divconq.nodes.prompts import PromptSet, decompose_messages, get_prompts, solve_messages
 
 __all__ = [
     "SFT_FILES",
@@ -225,6 +225,18 @@ def _check_common(task: str, max_subquestions: int, val_fraction: float) -> None
         raise DivconqError(f"val_fraction must be in [0, 1); got {val_fraction!r}")
 
 
+def _begin(out_dir: str | Path, overwrite: bool, task: str, max_subquestions: int, val_fraction: float,
+           **labels: Any) -> tuple[Path, PromptSet, SftSummary]:
+    """Check the shared settings and the output dir; the prompts and an empty summary."""
+    _check_common(task, max_subquestions, val_fraction)
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, overwrite)
+    prompts = get_prompts(task)  # zero-shot: what the student sees at inference
+    summary = SftSummary(task=task, prompt_version=prompts.version, max_subquestions=max_subquestions,
+                         val_fraction=float(val_fraction), out_dir=str(out_dir), **labels)
+    return out_dir, prompts, summary
+
+
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise DivconqError(f"output path {out_dir} exists and is not a directory: choose another --out")
@@ -378,21 +390,9 @@ def build_sft(
     _check_choice("answer", answer, ANSWERS)
     if variant == "decomposer" and answer != "teacher":
         raise DivconqError("answer='gold' applies to the solver variant only (S_E-A); use variant='solver'")
-    _check_common(task, max_subquestions, val_fraction)
-    out_dir = Path(out_dir)
-    _check_out_dir(out_dir, overwrite)
-    prompts = get_prompts(task)  # zero-shot: what the student sees at inference
-    summary = SftSummary(
-        variant=variant,
-        screen=screen,
-        answer=answer if variant == "solver" else None,
-        task=task,
-        paper_name=paper_name(variant, screen, answer),
-        source="traces",
-        prompt_version=prompts.version,
-        max_subquestions=max_subquestions,
-        val_fraction=float(val_fraction),
-        out_dir=str(out_dir),
+    out_dir, prompts, summary = _begin(
+        out_dir, overwrite, task, max_subquestions, val_fraction, variant=variant, screen=screen,
+        answer=answer if variant == "solver" else None, paper_name=paper_name(variant, screen, answer), source="traces",
     )
     dropped: Counter = Counter()
     kept: list[tuple[str, dict[str, Any]]] = []
@@ -488,21 +488,9 @@ def build_sft_from_gold(
     (the prompt promises at most that many; raise ``max_subquestions`` to keep them),
     are dropped with a reason.
     """
-    _check_common(task, max_subquestions, val_fraction)
-    out_dir = Path(out_dir)
-    _check_out_dir(out_dir, overwrite)
-    prompts = get_prompts(task)
-    summary = SftSummary(
-        variant="decomposer",
-        screen="none",
-        answer=None,
-        task=task,
-        paper_name="S_D-gold",
-        source="gold",
-        prompt_version=prompts.version,
-        max_subquestions=max_subquestions,
-        val_fraction=float(val_fraction),
-        out_dir=str(out_dir),
+    out_dir, prompts, summary = _begin(
+        out_dir, overwrite, task, max_subquestions, val_fraction,
+        variant="decomposer", screen="none", answer=None, paper_name="S_D-gold", source="gold",
     )
     dropped: Counter = Counter()
     kept: list[tuple[str, dict[str, Any]]] = []
