@@ -231,3 +231,25 @@ def test_the_first_node_of_a_run_overwrites_totals_with_its_own_usage():
     assert isinstance(first["usage"], Overwrite) and first["usage"].value["decomposer"]["calls"] == 1
     assert isinstance(first["parallel_answers"], Overwrite) and first["parallel_answers"].value == []
     assert graph.get_state(config).values["usage"]["decomposer"]["calls"] == 1
+
+
+def test_drawing_puts_a_loop_entry_above_its_body_and_keeps_edges_off_boxes():
+    from divconq.graph.draw import BOX_H, BOX_W, _bend, _curve_points, _layers, _positions
+
+    drawable = build_graph(scripted("x"), scripted("x")).compile().get_graph()
+    nodes = list(drawable.nodes)
+    depth = _layers(nodes, drawable.edges)
+    assert depth["__start__"] == 0 and depth["__end__"] == max(depth.values())
+    assert depth["propose"] < depth["answer_step"]  # the dynamic loop is entered at propose
+    assert depth["decompose"] < depth["solve"] < depth["__end__"]
+    position = _positions(nodes, drawable.edges, depth)
+    for edge in drawable.edges:
+        if edge.source == edge.target or position[edge.target][1] >= position[edge.source][1]:
+            continue
+        (x1, y1), (x2, y2) = position[edge.source], position[edge.target]
+        start, end = (x1, y1 - BOX_H / 2), (x2, y2 + BOX_H / 2)
+        others = [p for n, p in position.items() if n not in (edge.source, edge.target)]
+        rad = _bend(start, end, others)
+        crossed = [p for p in others for x, y in _curve_points(start, end, rad)
+                   if abs(x - p[0]) < BOX_W / 2 and abs(y - p[1]) < BOX_H / 2]
+        assert not crossed, f"{edge.source} -> {edge.target} crosses a box"
