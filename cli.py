@@ -274,7 +274,8 @@ def cmd_sft(args: argparse.Namespace) -> int:
     else:
         if not args.store:
             raise DivconqError("pass --store TRACES.db (or --gold-data FILE --gold-dataset NAME for gold decompositions)")
-        summary = sft_from_store(args.store, variant=args.variant, screen=args.screen, answer=args.answer, **common)
+        summary = sft_from_store(args.store, variant=args.variant, screen=args.screen, answer=args.answer,
+                                 keep_no_decomposition=not args.drop_no_decomposition, **common)
     print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.format())
     return 0
 
@@ -363,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--task", default="math", choices=["math", "reading", "multihop"])
     sft.add_argument("--max-subquestions", type=int, default=3)
     sft.add_argument("--val-fraction", type=float, default=0.1)
+    sft.add_argument("--drop-no-decomposition", action="store_true",
+                     help="leave out runs whose decomposer answered 'No decomposition'")
     sft.add_argument("--overwrite", action="store_true")
     sft.add_argument("--json", action="store_true")
 

@@ -51,6 +51,10 @@ class RecipeConfig:
         GoldSource("break", "break/qdmr_high_level_dev.csv", "multihop", 40),
     ])
     teacher_task: str = "math"
+    # The 1.5B teacher answers "No decomposition" to about 2 GSM8K questions in 3 whose
+    # gold solutions take several steps; the gold sources never do. Keeping those runs
+    # would teach the student to decline, so only the teacher's decompositions go in.
+    teacher_no_decomposition: bool = False
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         lora_r=8, lora_alpha=16, learning_rate=3e-4, num_epochs=1.0, batch_size=8, max_length=512,
         eval_steps=25, save_steps=25, logging_steps=5,
@@ -97,7 +101,8 @@ def build_data(data_root: Path, work: Path, teacher_store: Path | None, config: 
     if teacher_store is not None:
         from divconq.distill.traces import TraceStore
 
-        summary = sft_from_store(teacher_store, screen="gold", out_dir=work / "teacher", task=config.teacher_task)
+        summary = sft_from_store(teacher_store, screen="gold", out_dir=work / "teacher", task=config.teacher_task,
+                                 keep_no_decomposition=config.teacher_no_decomposition)
         _append_jsonl(work / "teacher", combined)
         summaries["teacher:S_D-R"] = summary.to_dict()
         with TraceStore(teacher_store, readonly=True) as store:

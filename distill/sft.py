@@ -377,11 +377,14 @@ def build_sft(
     max_subquestions: int = 3,
     val_fraction: float = 0.1,
     overwrite: bool = False,
+    keep_no_decomposition: bool = True,
 ) -> SftSummary:
     """Build SFT data for one paper variant from teacher runs and write it to ``out_dir``.
 
     ``runs``: any iterable of objects with ``TraceRun``'s attributes (question, context,
     gold, correct, route, subquestions, decomposition, solution, status, calls, ...).
+    ``keep_no_decomposition=False`` drops the runs whose decomposer answered "No
+    decomposition" (a teacher that declines most questions would teach the student to).
     Raises ``DivconqError`` on bad settings, an existing non-empty ``out_dir`` (unless
     ``overwrite``), or when no example survives screening.
     """
@@ -422,6 +425,9 @@ def build_sft(
         if example is None:
             dropped[reason] += 1
             continue
+        if variant == "decomposer" and flag and not keep_no_decomposition:
+            dropped["'No decomposition' (not kept)"] += 1
+            continue
         key = normalise_question(question, getattr(run, "context", None))
         if key in seen_keys:
             dropped["duplicate question (kept the first)"] += 1
@@ -452,6 +458,7 @@ def sft_from_store(
     max_subquestions: int = 3,
     val_fraction: float = 0.1,
     overwrite: bool = False,
+    keep_no_decomposition: bool = True,
 ) -> SftSummary:
     """:func:`build_sft` over the successful runs of a trace store."""
     from divconq.distill.traces import TraceStore
@@ -470,6 +477,7 @@ def sft_from_store(
             max_subquestions=max_subquestions,
             val_fraction=val_fraction,
             overwrite=overwrite,
+            keep_no_decomposition=keep_no_decomposition,
         )
 
 

@@ -364,3 +364,16 @@ def test_sft_from_store_reads_real_trace_runs(tmp_path):
     assert solver.kept == 2 and solver.dropped == {"not a static joint run (static/parallel)": 1}
     with pytest.raises(DivconqError, match="does not exist"):
         sft_from_store(tmp_path / "missing.sqlite", out_dir=tmp_path / "x")
+
+
+def test_no_decomposition_runs_can_be_left_out(tmp_path):
+    runs = [
+        make_run(n=1),
+        make_run(n=2, decomposition="No decomposition", subquestions=[], route="single",
+                 calls=[call("decompose", "decomposer"), call("solve_direct", "solver")]),
+    ]
+    summary = build_sft(runs, out_dir=tmp_path / "sd_t", val_fraction=0.0, keep_no_decomposition=False)
+    assert (summary.kept, summary.no_decomposition) == (1, 0)
+    assert summary.dropped == {"'No decomposition' (not kept)": 1}
+    rows = read_jsonl(tmp_path / "sd_t" / "train_prompt_completion.jsonl")
+    assert [row["completion"][0]["content"] for row in rows] == ["1. How many apples did Tom buy?\n2. How many apples does Tom have now?"]
