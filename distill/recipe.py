@@ -106,7 +106,14 @@ def build_data(data_root: Path, work: Path, teacher_store: Path | None, config: 
         _append_jsonl(work / "teacher", combined)
         summaries["teacher:S_D-R"] = summary.to_dict()
         with TraceStore(teacher_store, readonly=True) as store:
-            ids |= {run.example_id for run in store.runs() if run.example_id}
+            runs = list(store.runs())
+        ids |= {run.example_id for run in runs if run.example_id}
+        summaries["teacher:S_D-R"]["teacher"] = {
+            "runs": len(runs),
+            "correct": sum(1 for run in runs if run.correct),
+            "datasets": sorted({run.dataset for run in runs if run.dataset}),
+            "models": sorted({call.model for run in runs for call in run.calls if call.model}),
+        }
     totals = {key: sum(s[key] for s in summaries.values()) for key in ("train", "validation")}
     (combined / "summary.json").write_text(json.dumps({
         "variant": "decomposer", "screen": "gold", "task": "mixed", "paper_name": "S_D-R + gold decompositions",
@@ -125,7 +132,8 @@ def build_default_adapter(data_root: Path, out: Path, teacher_store: Path | None
     record = {
         "command": "python -m divconq.distill.recipe --data ../shared/data"
         + (" --teacher-store TEACHER.db" if teacher_store else ""),
-        "sources": {k: {key: v[key] for key in ("seen", "kept", "train", "validation", "dropped")} for k, v in summaries.items()},
+        "sources": {k: {key: v[key] for key in ("seen", "kept", "train", "validation", "dropped", "teacher") if key in v}
+                    for k, v in summaries.items()},
         "training_ids": len(ids),
         "train": asdict(config.train),
         "result": result.to_dict(),

@@ -1,0 +1,49 @@
+"""The shipped-adapter recipe: gold decompositions from ../shared/data plus screened teacher traces."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from divconq.distill.recipe import GoldSource, RecipeConfig, build_data
+from divconq.distill.traces import TraceCall, TraceRun, TraceStore
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def teacher_run(n: int, decomposition: str, correct: bool) -> TraceRun:
+    question = f"Ann has {n} pens and buys {n} more. How many pens does she have?"
+    route = "single" if decomposition == "No decomposition" else "static"
+    return TraceRun(
+        run_id=f"r{n}", example_id=f"gsm8k-train-{n}", dataset="gsm8k", question=question, gold=[str(2 * n)],
+        answer=str(2 * n) if correct else "0", correct=correct, route=route, decomposition=decomposition,
+        calls=[TraceCall(call_id=f"r{n}-0", role="decomposer", node="decompose", model="teacher",
+                         messages=[{"role": "user", "content": question}], output=decomposition)],
+    )
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "gsm8k").is_dir(), reason="needs ../shared/data")
+def test_recipe_data_mixes_gold_and_screened_teacher_decompositions(tmp_path):
+    store_path = tmp_path / "teacher.db"
+    with TraceStore(store_path) as store:
+        store.write_run(teacher_run(1, "1. How many pens did Ann buy?\n2. How many pens does Ann have?", True))
+        store.write_run(teacher_run(2, "1. How many pens did Ann buy?", False))  # wrong answer: screened out
+        store.write_run(teacher_run(3, "No decomposition", True))  # declined: not kept
+    config = RecipeConfig(gold=[GoldSource("gsm8k", "gsm8k/test_socratic.jsonl", "math", 12)])
+    data, summaries, ids = build_data(SHARED_DATA, tmp_path / "work", store_path, config)
+
+    teacher = summaries["teacher:S_D-R"]
+    assert teacher["kept"] == 1
+    assert teacher["dropped"] == {"answer did not match gold": 1, "'No decomposition' (not kept)": 1}
+    assert teacher["teacher"] == {"runs": 3, "correct": 2, "datasets": ["gsm8k"], "models": ["teacher"]}
+    assert summaries["gold:gsm8k"]["kept"] == 12
+    # Every id the adapter could have seen is listed, the screened-out teacher runs too.
+    assert {"gsm8k-train-1", "gsm8k-train-2", "gsm8k-train-3"} <= ids and len(ids) == 15
+    rows = [json.loads(line) for name in ("train.jsonl", "validation.jsonl")
+            for line in (data / name).read_text().splitlines()]
+    assert len(rows) == 13
+    completions = [row["messages"][-1]["content"] for row in rows]
+    assert "1. How many pens did Ann buy?\n2. How many pens does Ann have?" in completions
+    assert not any("No decomposition" in c for c in completions)
+    summary = json.loads((data / "summary.json").read_text())
+    assert summary["source"] == "gold+traces" and summary["train"] + summary["validation"] == 13
