@@ -44,6 +44,9 @@ CONFIGS = {
     "shipped_student": ("default", "{teacher}", "static", []),  # only when the student is the embedded model
     "se_t": ("{teacher}", "{base}+adapter={work}/adapters/se_t", "static", []),
 }
+# The teacher's step-by-step solutions run to 300-500 tokens; a 256 cap cuts some before
+# "The answer is" (the traces of the first sitting were collected uncapped: 511 at most).
+MAX_NEW_TOKENS = 512
 SFT = {"sd_t": ["--screen", "none"], "sd_r": ["--screen", "gold"], "se_t": ["--variant", "solver", "--answer", "teacher"]}
 
 
@@ -86,7 +89,7 @@ def run(args: argparse.Namespace, setup: Setup) -> None:
     if any(c in SFT for c in wanted) and stage("collect", (work / "collect.done").exists()):
         divconq(["collect", "--dataset", "gsm8k", "--data", str(DATA / "train.jsonl"), "--limit", str(args.train_questions),
                  "--decomposer", setup.teacher, "--solver", setup.teacher, "--store", str(store),
-                 "--concurrency", str(setup.concurrency)])
+                 "--concurrency", str(setup.concurrency), "--max-new-tokens", str(MAX_NEW_TOKENS)])
         (work / "collect.done").touch()
     for name in (c for c in SFT if c in wanted):
         data, adapter = work / "sft" / name, work / "adapters" / name
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace, setup: Setup) -> None:
         if stage(f"eval {name}", len(read_results(out)) >= args.questions):
             divconq(["eval", "--dataset", "gsm8k", "--data", str(DATA / "test.jsonl"), "--limit", str(args.questions),
                      "--decomposer", decomposer.format(**fill), "--solver", solver.format(**fill), "--mode", mode,
-                     *extra, "--out", str(out), "--concurrency", str(setup.concurrency), "--max-new-tokens", "256"])
+                     *extra, "--out", str(out), "--concurrency", str(setup.concurrency), "--max-new-tokens", str(MAX_NEW_TOKENS)])
 
 
 def write_table(args: argparse.Namespace, setup: Setup) -> str:

@@ -375,6 +375,12 @@ def _load_api_chat_model(spec: ModelSpec, *, temperature: float, max_tokens: int
     provider = spec.target.split(":", 1)[0]
     if spec.base_url:
         kwargs["base_url"] = spec.base_url
+    base_url = spec.base_url or os.environ.get("OPENAI_BASE_URL") or ""
+    if provider == "openai" and max_tokens is not None and base_url and "api.openai.com" not in base_url:
+        # langchain-openai sends the cap as max_completion_tokens, which some local servers
+        # ignore (llama-cpp-python's, abetlen/llama-cpp-python#1907) and then generate to
+        # their own limit; the older max_tokens beside it is read by every server we know.
+        kwargs["extra_body"] = {"max_tokens": max_tokens}
     if provider == "openai" and (spec.base_url or os.environ.get("OPENAI_BASE_URL")) and not os.environ.get(
         "OPENAI_API_KEY"
     ):

@@ -76,3 +76,40 @@ def test_base_url_from_the_environment(tiny_server, monkeypatch):
     monkeypatch.setenv("OPENAI_BASE_URL", tiny_server.base_url)
     reply = load_chat_model(f"openai:{tiny_server.model}", max_new_tokens=4).invoke("Hello")
     assert reply.content and reply.usage_metadata["output_tokens"] > 0
+
+
+def test_local_servers_get_the_token_cap_in_both_fields(monkeypatch):
+    """llama-cpp-python's server ignores max_completion_tokens (what langchain-openai
+    sends); the request to a local base URL must also carry max_tokens."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from divconq.nodes import load_chat_model
+
+    bodies = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_POST(self):
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            reply = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "The answer is: 4"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        assert load_chat_model(f"openai:m@{url}", max_new_tokens=7).invoke("2+2?").content == "The answer is: 4"
+    finally:
+        server.shutdown()
+    assert bodies[0]["max_tokens"] == 7 and bodies[0]["max_completion_tokens"] == 7
