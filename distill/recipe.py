@@ -128,6 +128,7 @@ def build_default_adapter(data_root: Path, out: Path, teacher_store: Path | None
         data, summaries, ids = build_data(data_root, Path(scratch), teacher_store, config)
         result = train(data, "default", out, config.train, overwrite=True)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # ship the adapter, not the optimizer state
+    (out / "README.md").unlink(missing_ok=True)  # peft's blank model card; recipe.json says what this is
     (out / TRAINING_IDS_FILE).write_text("\n".join(sorted(ids)) + "\n")
     record = {
         "command": "python -m divconq.distill.recipe --data ../shared/data"
