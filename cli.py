@@ -288,7 +288,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, grad_accumulation=args.grad_accumulation,
                          max_length=args.max_length, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
                          eval_steps=args.eval_steps, save_steps=args.save_steps, seed=args.seed,
-                         progress=not args.json)
+                         logging_steps=args.logging_steps, progress=not args.json)
     result = train(args.data, args.base, args.out, config, resume=args.resume, overwrite=args.overwrite,
                    merge_to=args.merge_to)
     print(json.dumps(result.to_dict(), indent=2, default=str) if args.json else result.format())
@@ -383,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lora-alpha", type=int, default=32)
     tr.add_argument("--eval-steps", type=int, default=50)
     tr.add_argument("--save-steps", type=int, default=50)
+    tr.add_argument("--logging-steps", type=int, default=10, help="steps between train-loss log lines")
     tr.add_argument("--seed", type=int, default=42)
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint in ADAPTER_DIR")
     tr.add_argument("--overwrite", action="store_true")

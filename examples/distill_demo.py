@@ -33,8 +33,8 @@ def divconq(argv: list[str]) -> None:
         raise SystemExit(f"stopped: 'divconq {argv[0]}' exited with {code}; fix the cause and rerun to resume")
 
 
-def student_subquestions(spec: str, questions: list[str]) -> list[list[str]]:
-    """What a decomposer writes for each question (static mode, no solving needed)."""
+def student_decompositions(spec: str, questions: list[str]) -> list[str]:
+    """What a decomposer writes for each question, as it wrote it (static mode, no solving)."""
     decomposer = load_chat_model(spec, role="decomposer", max_new_tokens=96)
     graph = build_graph(decomposer, decomposer, mode="static", prompts=get_prompts("math")).compile()
     # Stop after the decompose node: its update holds the sub-questions.
@@ -42,7 +42,7 @@ def student_subquestions(spec: str, questions: list[str]) -> list[list[str]]:
     for q in questions:
         for update in graph.stream({"question": q}, stream_mode="updates"):
             if "decompose" in update:
-                results.append(update["decompose"]["subquestions"])
+                results.append(" | ".join((update["decompose"]["decomposition"] or "").split("\n")))
                 break
     return results
 
@@ -53,9 +53,11 @@ def plot_curve(adapter: Path, png: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    history = json.loads((adapter / "divconq_adapter.json").read_text())["log_history"]
+    manifest = json.loads((adapter / "divconq_adapter.json").read_text())
+    history = manifest["log_history"]
     train = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    # The validation loss before the first step is the untrained student's.
+    evals = [(0, manifest["metrics"]["eval_loss_before"])] + [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
     fig, ax = plt.subplots(figsize=(6, 4))
     if train:
         ax.plot(*zip(*train), label="train loss")
@@ -76,6 +78,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("distill_demo"))
     parser.add_argument("--held-out", type=int, default=5)
     parser.add_argument("--screen", choices=["none", "gold"], default="none", help="none: S_D-T, gold: S_D-R")
+    parser.add_argument("--drop-no-decomposition", action="store_true",
+                        help="train only on the teacher's actual decompositions")
     parser.add_argument("--store", type=Path, help="teacher traces collected already: skip collection")
     args = parser.parse_args()
     args.work.mkdir(exist_ok=True)
@@ -85,14 +89,15 @@ def main() -> None:
     if args.store is None:
         divconq(["collect", "--dataset", "gsm8k", "--data", str(DATA / "train.jsonl"), "--limit", str(args.questions),
                  "--decomposer", args.teacher, "--solver", args.teacher, "--store", str(store), "--concurrency", "2"])
-    divconq(["sft", "--store", str(store), "--screen", args.screen, "--out", str(data), "--overwrite"])
+    divconq(["sft", "--store", str(store), "--screen", args.screen, "--out", str(data), "--overwrite",
+             *(["--drop-no-decomposition"] if args.drop_no_decomposition else [])])
     held_out = [e.question for e in load_dataset("gsm8k", DATA / "test.jsonl")[-args.held_out:]]
-    before = student_subquestions("default+adapter=none", held_out)
+    before = student_decompositions("default+adapter=none", held_out)
     divconq(["train", "--data", str(data), "--base", "default", "--out", str(adapter), "--overwrite",
-             "--epochs", "2", "--batch-size", "8", "--lora-r", "8", "--lora-alpha", "16", "--eval-steps", "10"])
-    after = student_subquestions(f"default+adapter={adapter}", held_out)
+             "--epochs", "2", "--batch-size", "8", "--lora-r", "8", "--lora-alpha", "16", "--eval-steps", "5", "--logging-steps", "2"])
+    after = student_decompositions(f"default+adapter={adapter}", held_out)
     for question, b, a in zip(held_out, before, after):
-        print(f"\nQ: {question}\n  before: {b or '(none)'}\n  after:  {a or '(none)'}")
+        print(f"\nQ: {question}\n  before: {b or '(nothing)'}\n  after:  {a or '(nothing)'}")
     plot_curve(adapter, args.work / "training_curve.png", {"none": "S_D-T", "gold": "S_D-R"}[args.screen])
     print(f"\ntraining curve -> {args.work / 'training_curve.png'}")
 
