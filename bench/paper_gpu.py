@@ -17,45 +17,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
-from typing import Iterator
 
 from paper_cpu import Setup, add_arguments, finish, run
+from teacher import openai_server
 
 
-@contextlib.contextmanager
-def vllm_server(model: str, *, port: int, timeout_s: float = 900) -> Iterator[str]:
+def vllm_server(model: str, *, port: int, timeout_s: float = 900) -> contextlib.AbstractContextManager[str]:
     """Serve ``model`` under the name ``teacher`` on loopback; yields the OpenAI base URL."""
-    log_path = Path(f"/tmp/vllm-{port}.log")
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
                "--served-model-name", "teacher", "--host", "127.0.0.1", "--port", str(port),
                # The student trains on the same GPU while the teacher is up: leave it room.
                "--gpu-memory-utilization", "0.5"]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}/v1"
-        try:
-            deadline = time.time() + timeout_s
-            while True:
-                if process.poll() is not None:
-                    raise SystemExit(f"vLLM exited ({process.returncode}); see {log_path} (is vllm installed?)")
-                with contextlib.suppress(OSError):
-                    urllib.request.urlopen(f"{url}/models", timeout=2).read()
-                    break
-                if time.time() > deadline:
-                    raise SystemExit(f"vLLM not ready after {timeout_s:.0f} s; see {log_path}")
-                time.sleep(2)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    return openai_server(command, f"http://127.0.0.1:{port}/v1", Path(f"/tmp/vllm-{port}.log"),
+                         name="vLLM (is vllm installed?)", timeout_s=timeout_s, stop_timeout_s=30)
 
 
 def main() -> None:

@@ -59,36 +59,42 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
+def openai_server(command: list[str], url: str, log_path: Path, *, name: str, timeout_s: float,
+                  stop_timeout_s: float = 15) -> Iterator[str]:
+    """Run an OpenAI-compatible server ``command``; yields ``url`` once ``{url}/models``
+    answers, stops the server on exit. Its output goes to ``log_path``."""
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + timeout_s
+            while True:
+                if process.poll() is not None:
+                    raise SystemExit(f"{name} exited ({process.returncode}); see {log_path}")
+                with contextlib.suppress(OSError):
+                    urllib.request.urlopen(f"{url}/models", timeout=2).read()
+                    break
+                if time.time() > deadline:
+                    raise SystemExit(f"{name} not ready after {timeout_s:.0f} s; see {log_path}")
+                time.sleep(1)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
 def llama_server(gguf: Path, *, port: int | None = None, ctx: int = 4096, threads: int | None = None,
-                 timeout_s: float = 180) -> Iterator[str]:
+                 timeout_s: float = 180) -> contextlib.AbstractContextManager[str]:
     """Serve ``gguf`` on loopback; yields the OpenAI base URL, stops the server on exit."""
     port = port or _free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
                "--port", str(port), "--n_ctx", str(ctx), "--model_alias", "teacher"]
     # llama_cpp.server generates on half the cores unless told; the teacher is the bottleneck.
     command += ["--n_threads", str(threads or os.cpu_count() or 1)]
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"llama-server-{port}.log", "w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.time() + timeout_s
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"llama.cpp server exited ({process.returncode}); see {log.name}")
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"{url}/models", timeout=2).read()
-                break
-            if time.time() > deadline:
-                raise SystemExit(f"llama.cpp server not ready after {timeout_s:.0f} s; see {log.name}")
-            time.sleep(1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"llama-server-{port}.log"
+    return openai_server(command, f"http://127.0.0.1:{port}/v1", log_path, name="llama.cpp server", timeout_s=timeout_s)
 
 
 def main() -> None:
