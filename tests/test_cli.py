@@ -117,3 +117,11 @@ def test_shots_choose_the_decomposer_prompt(decomposer, shots, one_shot):
     args = build_parser().parse_args(["eval", "--dataset", "gsm8k", "--data", "x.jsonl", "--out", "r.jsonl",
                                       "--decomposer", decomposer, "--shots", shots])
     assert (prompts_for_cli(args).example is not None) is one_shot
+
+
+def test_run_step_stops_a_script_on_a_failed_command(tmp_path, capsys):
+    from divconq.cli import run_step
+
+    with pytest.raises(SystemExit, match="'divconq sft' exited with 2"):
+        run_step(["sft", "--store", str(tmp_path / "missing.db"), "--out", str(tmp_path / "out")])
+    assert "does not exist" in capsys.readouterr().err
