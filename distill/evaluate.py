@@ -222,19 +222,21 @@ def format_summary(summary: dict[str, Any]) -> str:
 def report(paths: list[str | Path], *, pricing: dict[str, dict[str, float]] | None = None,
            markdown_out: str | Path | None = None, png_out: str | Path | None = None) -> str:
     """Table 1 of the paper for several result files, as Markdown; optionally a score-vs-cost PNG."""
-    summaries = [summarise(read_results(p), pricing) for p in paths]
+    # Each row is named by its results file ("sd_t.jsonl" -> sd_t): specs with adapter
+    # paths and server URLs are too long to tell rows apart at a glance.
+    summaries = [{"run": Path(p).stem, **summarise(read_results(p), pricing)} for p in paths]
 
     def dollars(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.6f}"
 
     lines = [
-        "| decomposer | solver | mode | n | score | decomposition cost ($/q) | solving cost ($/q) | decomposer tokens/q | solver tokens/q |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | decomposer | solver | mode | n | score | decomposition cost ($/q) | solving cost ($/q) | decomposer tokens/q | solver tokens/q |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         d, v = s["roles"]["decomposer"], s["roles"]["solver"]
         lines.append(
-            f"| {s['decomposer']} | {s['solver']} | {s['mode']} | {s['n']} | {s['score']:.2f} | "
+            f"| {s['run']} | {s['decomposer']} | {s['solver']} | {s['mode']} | {s['n']} | {s['score']:.2f} | "
             f"{dollars(d['dollars_per_q'])} | {dollars(v['dollars_per_q'])} | "
             f"{d['input_tokens_per_q'] + d['output_tokens_per_q']:.0f} | {v['input_tokens_per_q'] + v['output_tokens_per_q']:.0f} |"
         )
@@ -258,7 +260,7 @@ def _plot(summaries: list[dict[str, Any]], path: Path) -> None:
         tokens = sum(s["roles"][r]["input_tokens_per_q"] + s["roles"][r]["output_tokens_per_q"] for r in ROLES)
         x = sum(costs) if all(c is not None for c in costs) else tokens
         ax.scatter([x], [s["score"]])
-        ax.annotate(f"{s['decomposer']} / {s['solver']} ({s['mode']})", (x, s["score"]), fontsize=8,
+        ax.annotate(f"{s['run']} ({s['mode']})", (x, s["score"]), fontsize=8,
                     xytext=(4, 4), textcoords="offset points")
     priced = all(s["roles"][r]["dollars_per_q"] is not None for s in summaries for r in ROLES)
     ax.set_xlabel("cost per question ($)" if priced else "tokens per question")
