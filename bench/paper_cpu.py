@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from teacher import llama_server, teacher_gguf
+from teacher import llama_server, native_server, teacher_gguf
 
 from divconq.cli import run_step as divconq
 from divconq.distill.evaluate import load_pricing, read_results, report, summarise
@@ -148,7 +148,7 @@ def main() -> None:
         if args.teacher_url:
             run(args, Setup(teacher=f"openai:teacher@{args.teacher_url}"))
         else:
-            with llama_server(teacher_gguf()) as url:
+            with llama_server(teacher_gguf(), binary=native_server()) as url:
                 run(args, Setup(teacher=f"openai:teacher@{url}"))
     finish(args, Setup(teacher="openai:teacher"))
 

