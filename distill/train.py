@@ -552,8 +552,7 @@ def train(
     if merge_dir is not None:
         _save_merged(peft_model, tokenizer, merge_dir, manifest, out_dir)
     result.seconds = round(time.perf_counter() - started, 2)
-    _log(config, result.format())
-    return result
+    return result  # the caller reports it (divconq train prints it once, or as JSON)
 
 
 def _save_merged(peft_model: Any, tokenizer: Any, merge_dir: Path, manifest: dict, adapter_dir: Path) -> None:
