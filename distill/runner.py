@@ -338,6 +338,15 @@ def _feed_and_collect(workers: list[_Worker], source: Iterator[Example],
     exhausted = stopping = False
     lost: str | None = None
     live = list(workers)
+
+    def lose(worker: _Worker) -> None:
+        nonlocal lost, stopping
+        worker.process.join(5)
+        lost = (f"a worker process exited (code {worker.process.exitcode}) with "
+                f"{len(worker.in_flight)} questions in flight, which are not saved")
+        live.remove(worker)
+        stopping = True
+
     while True:
         while not (exhausted or stopping):
             worker = min(live, key=lambda w: len(w.in_flight) - w.threads)
@@ -350,7 +359,13 @@ def _feed_and_collect(workers: list[_Worker], source: Iterator[Example],
             config = config_for(example)
             if config.get("callbacks"):
                 raise DivconqError("callbacks cannot follow a question into a worker process: use processes=1")
-            worker.conn.send((index, example, config))
+            try:
+                worker.conn.send((index, example, config))
+            except OSError:  # it died: this question was never sent. Stop feeding, and read
+                stopping = True  # what it finished before dying (recv below ends in EOF -> lose)
+                if not worker.in_flight:
+                    lose(worker)
+                break
             worker.in_flight[index] = example
             index += 1
         busy = [w for w in live if w.in_flight]
@@ -361,11 +376,7 @@ def _feed_and_collect(workers: list[_Worker], source: Iterator[Example],
             try:
                 kind, payload = conn.recv()
             except (EOFError, OSError):
-                worker.process.join(5)
-                lost = (f"a worker process exited (code {worker.process.exitcode}) with "
-                        f"{len(worker.in_flight)} questions in flight, which are not saved")
-                live.remove(worker)
-                stopping = True
+                lose(worker)
                 continue
             number, output, error, seconds, transient = payload
             tally.add(Outcome(worker.in_flight.pop(number), output, error, seconds, transient))
