@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +50,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     questions = [e.question for e in load_dataset("gsm8k", GSM8K_TRAIN)[: args.requests]]
-    servers = [("llama_cpp.server", None)] + ([("llama-server", native_server())] if native_server() else [])
+    binary = native_server()
+    servers = [("llama_cpp.server", None)] + ([("llama-server", binary)] if binary else [])
     rows = []
     for name, binary in servers:
         with llama_server(teacher_gguf(), binary=binary, parallel=2) as url:
@@ -59,8 +61,9 @@ def main() -> None:
                     print(rows[-1], flush=True)
     if args.json:
         print(json.dumps(rows, indent=2))
-    if len(servers) == 1:
-        print("llama-server is not built (bash bench/build_llama_server.sh, or set LLAMA_SERVER): measured llama_cpp.server only")
+    if binary is None:  # on stderr: --json output stays parseable
+        print("llama-server is not built (bash bench/build_llama_server.sh, or set LLAMA_SERVER): measured llama_cpp.server only",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,13 @@ QUICK = RunSettings(concurrency=1, retries=0, backoff_seconds=0.0, progress=Fals
 QUESTIONS = [Example(f"q{i}", f"Question {i}: how many clips?", None, ("72",)) for i in range(4)]
 
 
-def run(tmp_path, name, decomposer_reply, solver_reply, *, spec="teacher", mode="static"):
+def run(tmp_path, name, decomposer_reply, solver_reply, *, spec="teacher"):
     """Evaluate 4 questions; decomposer calls cost 100 in / 20 out tokens, solver calls 50 / 10."""
     decomposer = ScriptedChatModel(respond=lambda m: decomposer_reply, input_tokens=100, output_tokens=20)
     solver = ScriptedChatModel(respond=lambda m: solver_reply, input_tokens=50, output_tokens=10)
     graph = build_graph(decomposer, solver, retry=RetryPolicy(max_attempts=1)).compile()
     out = tmp_path / f"{name}.jsonl"
-    info = {"dataset": "gsm8k", "decomposer": spec, "solver": "teacher", "mode": mode}
+    info = {"dataset": "gsm8k", "decomposer": spec, "solver": "teacher", "mode": "static"}
     evaluate(graph, QUESTIONS, dataset="gsm8k", out=out, run_info=info, settings=QUICK)
     return out
 
