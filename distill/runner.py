@@ -339,11 +339,16 @@ def _feed_and_collect(workers: list[_Worker], source: Iterator[Example],
     lost: str | None = None
     live = list(workers)
 
+    dead: list[_Worker] = []  # refused a question: lost once what it finished is read
+
     def lose(worker: _Worker) -> None:
         nonlocal lost, stopping
+        if worker not in live:
+            return
         worker.process.join(5)
-        lost = (f"a worker process exited (code {worker.process.exitcode}) with "
-                f"{len(worker.in_flight)} questions in flight, which are not saved")
+        lost = f"a worker process exited (code {worker.process.exitcode})"
+        if worker.in_flight:
+            lost += f" with {len(worker.in_flight)} questions in flight, which are not saved"
         live.remove(worker)
         stopping = True
 
@@ -361,10 +366,9 @@ def _feed_and_collect(workers: list[_Worker], source: Iterator[Example],
                 raise DivconqError("callbacks cannot follow a question into a worker process: use processes=1")
             try:
                 worker.conn.send((index, example, config))
-            except OSError:  # it died: this question was never sent. Stop feeding, and read
-                stopping = True  # what it finished before dying (recv below ends in EOF -> lose)
-                if not worker.in_flight:
-                    lose(worker)
+            except OSError:  # it died: this question was never sent. Stop feeding, read what
+                dead.append(worker)  # it finished before dying, then report it lost (below)
+                stopping = True
                 break
             worker.in_flight[index] = example
             index += 1
@@ -384,6 +388,8 @@ def _feed_and_collect(workers: list[_Worker], source: Iterator[Example],
             stopping = True  # stop feeding; the questions in flight finish and are kept
         if stopping and not any(w.in_flight for w in live):
             break
+    for worker in dead:  # its pipe may have held only finished outcomes, never an EOF
+        lose(worker)
     if lost:
         raise DivconqError(f"{lost}; {tally.stats.finished} questions finished and are saved: "
                            "rerun the same command to resume")

@@ -261,3 +261,56 @@ def test_concurrency_bounds_the_questions_in_flight(tmp_path, processes):
     peak, pids = most_at_once(log)
     assert 2 <= peak <= 3  # in flight together, never more than asked (3 over 2 workers, not 2 + 2)
     assert len(pids) == processes
+
+
+# The feeding loop itself, with workers that are already dead when it sends them a question
+# (a race the end-to-end test above only hits now and then).
+
+def _exit_with_code_3(conn):
+    import os
+
+    os._exit(3)
+
+
+def _finish_question_0_then_exit(conn):
+    conn.send(("outcome", (0, {"answer": "72"}, None, 0.1, False)))
+    conn.close()
+
+
+def _dead_worker(target):
+    from divconq.distill.runner import _context, _Worker
+
+    ctx = _context()
+    here, there = ctx.Pipe()
+    process = ctx.Process(target=target, args=(there,))
+    process.start()
+    there.close()
+    process.join(60)
+    assert process.exitcode is not None, "the stand-in worker did not exit"
+    return _Worker(process, here, threads=1)
+
+
+def _feed(worker, source):
+    from divconq.distill.runner import _feed_and_collect, _no_config, _Tally
+
+    seen = []
+    tally = _Tally(seen.append, RunSettings(progress=False), None, "test")
+    with pytest.raises(DivconqError) as raised:
+        _feed_and_collect([worker], iter(source), _no_config, tally)
+    return str(raised.value), seen
+
+
+def test_a_worker_dead_before_its_first_question_stops_the_run_with_the_resume_message():
+    message, seen = _feed(_dead_worker(_exit_with_code_3), examples(3))
+    assert message.startswith("a worker process exited (code 3); 0 questions finished")
+    assert message.endswith("rerun the same command to resume")
+    assert seen == []
+
+
+def test_a_worker_that_finished_a_question_and_died_keeps_it_and_still_stops_the_run():
+    worker = _dead_worker(_finish_question_0_then_exit)
+    first, *rest = examples(3)
+    worker.in_flight[0] = first  # sent before it died; its outcome waits in the pipe
+    message, seen = _feed(worker, rest)
+    assert [(o.example.id, o.output) for o in seen] == [("q0", {"answer": "72"})]
+    assert message.startswith("a worker process exited (code 0); 1 questions finished and are saved")
