@@ -50,8 +50,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     questions = [e.question for e in load_dataset("gsm8k", GSM8K_TRAIN)[: args.requests]]
-    binary = native_server()
-    servers = [("llama_cpp.server", None)] + ([("llama-server", binary)] if binary else [])
+    native = native_server()
+    servers = [("llama_cpp.server", None)] + ([("llama-server", native)] if native else [])
     rows = []
     for name, binary in servers:
         with llama_server(teacher_gguf(), binary=binary, parallel=2) as url:
@@ -61,7 +61,7 @@ def main() -> None:
                     print(rows[-1], flush=True)
     if args.json:
         print(json.dumps(rows, indent=2))
-    if binary is None:  # on stderr: --json output stays parseable
+    if native is None:  # on stderr: --json output stays parseable
         print("llama-server is not built (bash bench/build_llama_server.sh, or set LLAMA_SERVER): measured llama_cpp.server only",
               file=sys.stderr)
 

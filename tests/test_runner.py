@@ -11,7 +11,7 @@ from langgraph.types import RetryPolicy
 
 from divconq.distill.datasets import Example
 from divconq.distill.evaluate import evaluate, read_results
-from divconq.distill.runner import RunSettings, run_examples
+from divconq.distill.runner import RunSettings, _context, _feed_and_collect, _no_config, _Tally, _Worker, run_examples
 from divconq.errors import DivconqError
 from divconq.graph import build_graph
 
@@ -278,8 +278,6 @@ def _finish_question_0_then_exit(conn):
 
 
 def _dead_worker(target):
-    from divconq.distill.runner import _context, _Worker
-
     ctx = _context()
     here, there = ctx.Pipe()
     process = ctx.Process(target=target, args=(there,))
@@ -291,8 +289,6 @@ def _dead_worker(target):
 
 
 def _feed(worker, source):
-    from divconq.distill.runner import _feed_and_collect, _no_config, _Tally
-
     seen = []
     tally = _Tally(seen.append, RunSettings(progress=False), None, "test")
     with pytest.raises(DivconqError) as raised:
