@@ -52,12 +52,16 @@ def prompts_for_cli(args: argparse.Namespace) -> Any:
     """The task's prompts; ``--shots auto`` shows one worked example to the bare embedded
     model only, because small base models write no usable sub-questions zero-shot."""
     from divconq.nodes.models import DEFAULT_ADAPTER_DIR
-    from divconq.nodes.prompts import get_prompts
+    from divconq.nodes.prompts import PROMPT_STYLES, example_for, get_prompts, load_prompt_set, with_example
 
     shipped = (DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file()
     bare_default = args.decomposer == "default+adapter=none" or (args.decomposer == "default" and not shipped)
     one_shot = {"auto": bare_default, "zero": False, "one": True}[args.shots]
-    return get_prompts(args.task, one_shot=one_shot)
+    style = getattr(args, "prompts", "divconq")
+    if style in PROMPT_STYLES:
+        return get_prompts(args.task, one_shot=one_shot, style=style)
+    prompts = load_prompt_set(style)
+    return with_example(prompts, example_for(args.task)) if one_shot and prompts.example is None else prompts
 
 
 def format_result(result: dict[str, Any]) -> str:
@@ -163,14 +167,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from divconq.distill.evaluate import evaluate, format_summary, load_pricing, summarise
     from divconq.distill.runner import RunSettings
 
+    from divconq.distill.slices import check_disjoint, read_slice, select
+
     # Training ids go first, then the limit: --limit N scores N questions no adapter saw.
     excluded = _training_ids(args.exclude_ids)
-    examples = [e for e in load_dataset(args.dataset, args.data) if e.id not in excluded]
+    prompts = prompts_for_cli(args)  # checked before any model loads
+    run_info = {"dataset": args.dataset, "decomposer": args.decomposer, "solver": args.solver, "mode": args.mode,
+                "prompts": prompts.name, "prompt_version": prompts.version}
+    if args.slice:
+        # A fixed slice: the same questions for every row, so rows compare question by question.
+        slice_ = read_slice(args.slice)
+        check_disjoint(slice_, excluded, args.exclude_ids or "the shipped default adapter")
+        examples = select(load_dataset(args.dataset, args.data), slice_)
+        run_info["slice"] = slice_.key
+    else:
+        examples = [e for e in load_dataset(args.dataset, args.data) if e.id not in excluded]
     examples = examples[: args.limit] if args.limit else examples
     pricing = load_pricing(args.pricing)
     # Worker processes each build their own graph (a compiled graph cannot cross a process).
     graph = functools.partial(graph_for_cli, args) if args.processes > 1 else graph_for_cli(args)
-    run_info = {"dataset": args.dataset, "decomposer": args.decomposer, "solver": args.solver, "mode": args.mode}
     for item in args.price_as or []:
         role, _, key = item.partition("=")
         if role not in ("decomposer", "solver") or key not in pricing:
@@ -312,6 +327,10 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", default="auto", choices=["auto", "zero", "one"],
                         help="decomposer prompt: the paper's zero-shot one, or one worked example "
                         "(auto: one-shot only for the bare embedded model)")
+    parser.add_argument("--prompts", default="divconq", metavar="divconq|paper|FILE.json",
+                        help="prompt wording: ours (step-by-step single stage), the paper's (direct answer of at "
+                        "most five words single stage, its decomposition and solver prompts), or a JSON file "
+                        "with every PromptSet field (default: %(default)s)")
     parser.add_argument("--max-subquestions", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=256)
 
@@ -341,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--pricing", metavar="FILE", help='JSON {"spec": {"input": $/1K, "output": $/1K}}')
     evaluate.add_argument("--price-as", action="append", metavar="ROLE=KEY", help="price a role as a pricing-table key")
     evaluate.add_argument("--exclude-ids", metavar="FILE", help="ids to leave out (default: the shipped adapter's training ids)")
+    evaluate.add_argument("--slice", metavar="FILE",
+                          help="score exactly these question ids (one per line, in order; e.g. "
+                          "bench/results/gsm8k_heldout.txt); refused if it overlaps the training ids")
     evaluate.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_model_args(evaluate)
 

@@ -2,16 +2,19 @@
 
 Teacher and solver: Qwen2.5-Coder-1.5B-Instruct through llama.cpp (bench/teacher.py).
 Student: the embedded default model (SmolLM2-135M-Instruct) with LoRA adapters.
-Score: GSM8K test exact match on a fixed held-out slice (the first --questions test
-questions that no shipped adapter was trained on), the paper's Table 1 layout.
+Score: GSM8K test exact match of the final number (and the paper's lenient match beside
+it) on one fixed held-out slice, ``bench/results/gsm8k_heldout.txt`` (bench/heldout.py):
+every row runs on the same questions, so rows are compared question by question, with a
+paired bootstrap CI of each row's difference from the teacher-static row.
 
 Stages (each skipped when its output exists, so a rerun continues where it stopped):
   1. collect  teacher traces on GSM8K train questions (divconq collect)
   2. sft      S_D-T, S_D-R (decomposer) and S_E-T (solver) data (divconq sft)
   3. train    one LoRA adapter each on the student (divconq train)
-  4. eval     every configuration below on the held-out slice (divconq eval)
+  4. eval     every configuration below on the slice (divconq eval), per-question results
+              committed under bench/results/paper_cpu/<row>.jsonl
 
-    python bench/paper_cpu.py --questions 100 --train-questions 200 [--configs static,sd_r] [--json]
+    python bench/paper_cpu.py --questions 300 [--configs static,oracle] [--json]
 """
 
 from __future__ import annotations
@@ -25,25 +28,37 @@ from pathlib import Path
 from teacher import llama_server, native_server, teacher_gguf
 
 from divconq.cli import run_step as divconq
-from divconq.distill.evaluate import load_pricing, read_results, report, summarise
+from divconq.distill.evaluate import load_pricing, read_results, summarise
+from divconq.distill.stats import decomposed_share, paired_bootstrap, paired_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "gsm8k"
 RESULTS = Path(__file__).resolve().parent / "results"
+SLICE = RESULTS / "gsm8k_heldout.txt"
+GOLD = f"gold:gsm8k:{DATA / 'test_socratic.jsonl'}"
 
-# name -> (decomposer, solver, mode, extra eval args). {teacher}, {student} (the bare
-# student), {base} (the student spec adapters attach to) and {work} are filled in per run.
+# name -> (decomposer, solver, mode, extra eval args, what the row is). {teacher},
+# {student} (the bare student), {base} (the student spec adapters attach to) and {work}
+# are filled in per run.
 CONFIGS = {
-    "single": ("{teacher}", "{teacher}", "single", []),
-    "static": ("{teacher}", "{teacher}", "static", []),
-    "dynamic": ("{teacher}", "{teacher}", "dynamic", []),
+    "single_paper": ("{teacher}", "{teacher}", "single", ["--prompts", "paper"],
+                     "teacher, single stage, the paper's prompt (a direct answer of at most five words)"),
+    "single": ("{teacher}", "{teacher}", "single", [], "teacher, single stage, our step-by-step prompt"),
+    "static": ("{teacher}", "{teacher}", "static", [], "teacher decomposes (zero-shot) and solves"),
+    "static_paper": ("{teacher}", "{teacher}", "static", ["--prompts", "paper"],
+                     "teacher decomposes and solves, the paper's prompts"),
+    "oracle": (GOLD, "{teacher}", "static", ["--max-subquestions", "10"],
+               "gold GSM8K socratic sub-questions (all of them), teacher solves"),
+    "dynamic": ("{teacher}", "{teacher}", "dynamic", [], "teacher, dynamic decomposition"),
     # The paper's untrained student: the base model with the same zero-shot prompt.
-    "untrained_student": ("{student}", "{teacher}", "static", ["--shots", "zero"]),
-    "sd_t": ("{base}+adapter={work}/adapters/sd_t", "{teacher}", "static", []),
-    "sd_r": ("{base}+adapter={work}/adapters/sd_r", "{teacher}", "static", []),
-    "shipped_student": ("default", "{teacher}", "static", []),  # only when the student is the embedded model
-    "se_t": ("{teacher}", "{base}+adapter={work}/adapters/se_t", "static", []),
+    "untrained_student": ("{student}", "{teacher}", "static", ["--shots", "zero"], "bare student decomposes, teacher solves"),
+    "sd_t": ("{base}+adapter={work}/adapters/sd_t", "{teacher}", "static", [], "S_D-T student decomposes, teacher solves"),
+    "sd_r": ("{base}+adapter={work}/adapters/sd_r", "{teacher}", "static", [], "S_D-R student decomposes, teacher solves"),
+    "shipped_student": ("default", "{teacher}", "static", [], "the shipped default student decomposes, teacher solves"),
+    "se_t": ("{teacher}", "{base}+adapter={work}/adapters/se_t", "static", [], "teacher decomposes, S_E-T student solves"),
 }
+# Rows are compared with this one: the teacher doing both stages, as the paper's students are.
+BASELINE = "static"
 # The teacher's step-by-step solutions run to 300-500 tokens; a 256 cap cuts some before
 # "The answer is" (the traces of the first sitting were collected uncapped: 511 at most).
 MAX_NEW_TOKENS = 512
@@ -59,7 +74,7 @@ class Setup:
     base: str = "default"  # the student spec that adapters train on and attach to
     concurrency: int = 2
     batch_size: int = 8
-    name: str = "paper_cpu"  # results/<name>.{md,json,png}
+    name: str = "paper_cpu"  # results/<name>.{md,json,png} and results/<name>/<row>.jsonl
 
 
 def stage(name: str, done: bool) -> bool:
@@ -73,6 +88,11 @@ def configs_for(setup: Setup, wanted: str | None) -> list[str]:
     if unknown:
         raise SystemExit(f"unknown configuration(s) {', '.join(unknown)}: choose from {', '.join(CONFIGS)}")
     return names
+
+
+def results_file(setup: Setup, name: str) -> Path:
+    """Where a row's per-question results live: committed beside the table."""
+    return RESULTS / setup.name / f"{name}.jsonl"
 
 
 def run(args: argparse.Namespace, setup: Setup) -> None:
@@ -93,36 +113,114 @@ def run(args: argparse.Namespace, setup: Setup) -> None:
                      "--epochs", str(args.epochs), "--batch-size", str(setup.batch_size), "--lora-r", "8", "--lora-alpha", "16"])
     fill = {"teacher": setup.teacher, "student": setup.student, "base": setup.base, "work": work}
     for name in wanted:
-        decomposer, solver, mode, extra = CONFIGS[name]
-        out = work / "results" / f"{name}.jsonl"
+        decomposer, solver, mode, extra, _ = CONFIGS[name]
+        out = results_file(setup, name)
         if stage(f"eval {name}", len(read_results(out)) >= args.questions):
-            divconq(["eval", "--dataset", "gsm8k", "--data", str(DATA / "test.jsonl"), "--limit", str(args.questions),
-                     "--decomposer", decomposer.format(**fill), "--solver", solver.format(**fill), "--mode", mode,
-                     *extra, "--out", str(out), "--concurrency", str(setup.concurrency), "--max-new-tokens", str(MAX_NEW_TOKENS)])
+            divconq(["eval", "--dataset", "gsm8k", "--data", str(DATA / "test.jsonl"), "--slice", str(SLICE),
+                     "--limit", str(args.questions), "--decomposer", decomposer.format(**fill),
+                     "--solver", solver.format(**fill), "--mode", mode, *extra, "--out", str(out),
+                     "--concurrency", str(setup.concurrency), "--max-new-tokens", str(MAX_NEW_TOKENS)])
+
+
+def _pricing_for(rows: list[dict], setup: Setup) -> dict:
+    """The paper's pricing: the teacher at GPT-3.5 prices, a student at their 13/175
+    scaling of them, the gold decomposer free (nobody wrote it for this run)."""
+    pricing = load_pricing(None)
+    for role in ("decomposer", "solver"):
+        spec = rows[0][role]
+        if spec.startswith("gold:"):
+            pricing[spec] = {"input": 0.0, "output": 0.0}
+        elif spec.startswith((setup.base, setup.student, "default")):
+            pricing[spec] = pricing["13b-student"]
+        else:
+            pricing[spec] = pricing["openai:gpt-3.5-turbo"]
+    return pricing
+
+
+def row_summary(name: str, rows: list[dict], baseline: list[dict] | None, setup: Setup) -> dict:
+    """A row of the table: the summary, the lenient score, the decomposed share, the paired CI."""
+    summary = summarise(rows, _pricing_for(rows, setup))
+    summary["lenient"] = 100 * sum(r.get("lenient", 0.0) for r in rows) / len(rows)
+    summary["decomposed_share"] = decomposed_share(rows)
+    summary["results_file"] = str(results_file(setup, name).relative_to(ROOT))
+    summary["what"] = CONFIGS[name][4]
+    summary["slice"] = rows[0].get("slice")
+    summary["prompts"] = f"{rows[0].get('prompts')} v{rows[0].get('prompt_version')}"
+    if baseline is not None and name != BASELINE:
+        run_scores, base_scores = paired_rows(rows, baseline)
+        if run_scores:
+            summary[f"vs_{BASELINE}"] = paired_bootstrap(run_scores, base_scores).to_dict()
+    return summary
+
+
+def _markdown(summaries: dict[str, dict]) -> str:
+    def dollars(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.6f}"
+
+    lines = [
+        f"| row | what | n | EM | lenient | decomposed | decomposer tokens/q | solver tokens/q | "
+        f"decomposition $/q | solving $/q | EM - {BASELINE} [95% paired CI] |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in summaries.items():
+        d, v = s["roles"]["decomposer"], s["roles"]["solver"]
+        diff = s.get(f"vs_{BASELINE}")
+        versus = "(reference)" if name == BASELINE else (
+            f"{diff['difference']:+.1f} [{diff['ci_low']:+.1f}, {diff['ci_high']:+.1f}] (n={diff['n']})" if diff else "n/a")
+        lines.append(
+            f"| {name} | {s['what']} | {s['n']} | {s['score']:.1f} | {s['lenient']:.1f} | {100 * s['decomposed_share']:.0f}% | "
+            f"{d['input_tokens_per_q'] + d['output_tokens_per_q']:.0f} | {v['input_tokens_per_q'] + v['output_tokens_per_q']:.0f} | "
+            f"{dollars(d['dollars_per_q'])} | {dollars(v['dollars_per_q'])} | {versus} |"
+        )
+    return "\n".join(lines)
+
+
+def _plot(summaries: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, s in summaries.items():
+        cost = sum(s["roles"][r]["dollars_per_q"] or 0.0 for r in ("decomposer", "solver"))
+        ax.scatter([cost * 1000], [s["score"]])
+        ax.annotate(f"{name} (n={s['n']}, {100 * s['decomposed_share']:.0f}% decomposed)", (cost * 1000, s["score"]),
+                    fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("cost per 1,000 questions ($, the paper's prices)")
+    ax.set_ylabel("GSM8K EM")
+    ax.set_title("Held-out GSM8K: score against cost (teacher Qwen2.5-Coder-1.5B)")
+    fig.tight_layout()
+    scratch = path.with_suffix(".partial.png")
+    fig.savefig(scratch, dpi=120)
+    plt.close(fig)
+    scratch.replace(path)
+
+
+def _write(path: Path, text: str) -> None:
+    scratch = path.with_suffix(path.suffix + ".partial")
+    scratch.write_text(text)
+    scratch.replace(path)
 
 
 def write_table(args: argparse.Namespace, setup: Setup) -> str:
-    """Table 1 from whatever results exist, priced as the paper does: the teacher at GPT-3.5
-    prices, the student at their 13/175 scaling of them."""
-    paths = [args.work / "results" / f"{name}.jsonl" for name in CONFIGS]
-    paths = [p for p in paths if read_results(p)]
-    if not paths:
+    """Table 1 from whatever per-question results exist, each row paired with the baseline."""
+    loaded = {name: read_results(results_file(setup, name)) for name in CONFIGS}
+    loaded = {name: rows for name, rows in loaded.items() if rows}
+    if not loaded:
         return "no results yet"
-    pricing = load_pricing(None)
-    for row in (read_results(p)[0] for p in paths):
-        for role in ("decomposer", "solver"):
-            student = row[role].startswith((setup.base, setup.student, "default"))
-            pricing[row[role]] = pricing["13b-student" if student else "openai:gpt-3.5-turbo"]
-    RESULTS.mkdir(exist_ok=True)
+    baseline = loaded.get(BASELINE)
+    summaries = {name: row_summary(name, rows, baseline, setup) for name, rows in loaded.items()}
     out = RESULTS / setup.name
-    table = report(paths, pricing=pricing, markdown_out=out.with_suffix(".md"), png_out=out.with_suffix(".png"))
-    summaries = {p.stem: summarise(read_results(p), pricing) for p in paths}
-    out.with_suffix(".json").write_text(json.dumps(summaries, indent=2) + "\n")
+    table = _markdown(summaries)
+    _write(out.with_suffix(".md"), table + "\n")
+    _write(out.with_suffix(".json"), json.dumps(summaries, indent=2) + "\n")
+    _plot(summaries, out.with_suffix(".png"))
     return table
 
 
 def add_arguments(parser: argparse.ArgumentParser, work: str) -> None:
-    parser.add_argument("--questions", type=int, default=100, help="held-out GSM8K test questions (>= 100 for the table)")
+    parser.add_argument("--questions", type=int, default=300, help="questions of the held-out slice to run (its first N)")
     parser.add_argument("--train-questions", type=int, default=200, help="GSM8K train questions the teacher decomposes")
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--configs", help=f"comma-separated subset of {','.join(CONFIGS)}")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from divconq.distill.datasets import Example
+from divconq.distill.metrics import gsm8k_lenient
 from divconq.distill.metrics import score as score_prediction
 from divconq.distill.runner import Outcome, RunSettings, run_examples
 from divconq.errors import DivconqError
@@ -71,6 +72,10 @@ def result_row(outcome: Outcome, dataset: str, run_info: dict[str, Any]) -> dict
     example, output = outcome.example, outcome.output or {}
     prediction = output.get("answer") or ""
     scores = score_prediction(dataset, prediction, list(example.answers)) if example.answers else {"score": 0.0}
+    if dataset == "gsm8k" and example.answers:
+        # The paper's lenient scorer reads the whole reply's last line, not our extracted answer.
+        response = output.get("solution") or prediction
+        scores["lenient"] = max(gsm8k_lenient(response, gold) for gold in example.answers)
     if outcome.error:
         scores = {key: 0.0 for key in scores}  # a question the solver never answered is wrong
     return {
@@ -122,6 +127,25 @@ def _repair_tail(path: Path) -> None:
             handle.write(b"\n")
 
 
+# What makes two runs' rows belong in one results file: the same questions, scored the
+# same way, with the same prompts. Model specs may differ (a server on another port).
+RUN_IDENTITY = ("dataset", "slice", "prompts", "prompt_version", "mode")
+
+
+def check_same_run(rows: list[dict[str, Any]], run_info: dict[str, Any], out: Path) -> None:
+    """Refuse to extend a results file written by a run of another slice, prompt set or mode."""
+    if not rows:
+        return
+    first = rows[0]
+    for key in RUN_IDENTITY:
+        if key in run_info and first.get(key) != run_info[key]:
+            was = first.get(key, "not recorded")
+            raise DivconqError(
+                f"{out} holds results of {key} {was!r}, this run is {key} {run_info[key]!r}: "
+                "pass another --out file (results of different runs cannot be compared row by row)"
+            )
+
+
 def evaluate(
     graph: Any,
     examples: list[Example],
@@ -139,7 +163,9 @@ def evaluate(
     process only, one whole line each, as questions finish.
     """
     out = Path(out)
-    done = {row["id"] for row in read_results(out)}
+    existing = read_results(out)
+    check_same_run(existing, run_info, out)
+    done = {row["id"] for row in existing}
     excluded = set(exclude_ids)
     todo = [e for e in examples if e.id not in done and e.id not in excluded]
     out.parent.mkdir(parents=True, exist_ok=True)

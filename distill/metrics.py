@@ -70,6 +70,25 @@ def gsm8k_em(prediction: str, gold: str) -> float:
     return float(predicted is not None and expected is not None and predicted == expected)
 
 
+def _number_value(match: re.Match) -> Decimal:
+    value = Decimal(match["num"].replace(",", ""))
+    return -value if match["sign"] else value
+
+
+def gsm8k_lenient(response: str, gold: str) -> float:
+    """The paper's lenient GSM8K match: 1.0 when any number on the response's last
+    non-empty line equals the gold number (ours, :func:`gsm8k_em`, takes only the final one).
+
+    ``response`` is the model's whole reply (not only the extracted answer), as the paper
+    scores it.
+    """
+    expected = _final_number(gold)
+    lines = [line for line in response.splitlines() if line.strip()]
+    if expected is None or not lines:
+        return 0.0
+    return float(any(_number_value(m) == expected for m in _NUMBER.finditer(lines[-1])))
+
+
 # --------------------------------------------------------------------------- DROP (official)
 
 DROP_SPAN_SEP = " | "

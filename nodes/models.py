@@ -413,6 +413,10 @@ def load_chat_model(
     """
     if isinstance(spec, BaseChatModel):
         return spec
+    if isinstance(spec, str) and spec.startswith("gold:"):
+        from divconq.nodes.gold import load_gold_decomposer
+
+        return load_gold_decomposer(spec)
     parsed = parse_spec(spec)
     if parsed.kind == "chat":
         return _load_api_chat_model(parsed, temperature=temperature, max_tokens=max_new_tokens)

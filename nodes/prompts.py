@@ -8,12 +8,22 @@ student is trained on exactly the prompt it sees at inference time. Bump
 
 from __future__ import annotations
 
+import json
 import string
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, fields, replace
+from pathlib import Path
+from typing import Literal, get_args
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-PROMPT_VERSION = "2"
+from divconq.errors import DivconqError
+
+# 3: the joint solver's user turn ends by restating the original question (the decomposer
+# templates are unchanged since 2, so adapters trained on version 2 data still match).
+PROMPT_VERSION = "3"
+
+PromptStyle = Literal["divconq", "paper"]
+PROMPT_STYLES: tuple[str, ...] = get_args(PromptStyle)
 
 # The paper's zero-shot decomposition instruction (Appendix), kept close to its wording.
 _DECOMPOSE = (
@@ -38,7 +48,14 @@ _SOLVE = (
     'answer the original question. Only after that, write a last line "The answer is: " '
     "followed by the final answer{fmt}."
 )
-_SOLVE_REMINDER = 'Answer the sub-questions in order, then the question; finish with "The answer is: ".'
+# The sub-questions often stop one step short of the question; a solver told only "then
+# the question" then answers the last sub-question. So the user turn ends by restating the
+# original question and saying that the sub-questions may not cover every step.
+_SOLVE_REMINDER = (
+    "Answer the sub-questions in order. They may not cover every step: finish any step still "
+    "missing, then answer the original question: {question}\n"
+    'Finish with "The answer is: " and the answer to that original question.'
+)
 
 _SOLVE_ONE = 'Answer the question concisely. End your response with "The answer is: " followed by the answer.'
 _SOLVE_FINAL = (
@@ -102,12 +119,13 @@ class PromptSet:
     direct_user: str
     example: tuple[str, str] | None = None
     version: str = PROMPT_VERSION
+    name: str = "divconq"  # which wording: recorded in results files, so rows say what they ran
 
     def __post_init__(self) -> None:
         allowed = {"question", "context_block", "subquestions_block", "qa_block", "subquestion", "max_subquestions"}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("example", "version") or not isinstance(value, str):
+            if f.name in ("example", "version", "name") or not isinstance(value, str):
                 continue
             names = {name for _, name, _, _ in string.Formatter().parse(value) if name}
             unknown = names - allowed
@@ -118,14 +136,45 @@ class PromptSet:
                 )
 
 
-def get_prompts(task: str = "math", *, one_shot: bool = False) -> PromptSet:
-    """The prompt set for ``task`` ("math", "reading" or "multihop")."""
+# The paper's own wording (arXiv 2402.15000, appendix), for rows that line up with its
+# Table 1. Reconstructed from the paper's appendix as the project's issues quote it: the
+# arXiv text is not reachable from this machine, so treat it as close, not verbatim. Three
+# templates differ from ours: the zero-shot decomposition, the two-stage solver, and the
+# single-stage prompt, which asks for a direct answer of at most five words (no reasoning).
+_PAPER_DECOMPOSE = (
+    "Your task is to break down a given complex question into the most relevant and helpful "
+    "subquestions, ensuring that no more than {max_subquestions} subquestions are formulated "
+    "for each question. {inputs} If the question does not need breaking down to be answered, "
+    'return "No decomposition"; otherwise, list the necessary subquestions. Only return '
+    "subquestions that directly aid in answering the original question, avoiding any that "
+    "could be harmful or unhelpful."
+)
+_PAPER_SOLVE = (
+    "Your task is to answer a given complex question. The question and its subquestions will "
+    "be provided to you. Answer the subquestions first, then use their answers to answer the "
+    'question. End your response with "The answer is: " followed by the answer.'
+)
+_PAPER_DIRECT = (
+    "Answer the given question directly with a concise answer of at most five words. "
+    'Respond only with "The answer is: " followed by the answer.'
+)
+
+
+def get_prompts(task: str = "math", *, one_shot: bool = False, style: PromptStyle = "divconq") -> PromptSet:
+    """The prompt set for ``task`` ("math", "reading" or "multihop") in ``style``.
+
+    ``style="divconq"`` is ours (a step-by-step single-stage baseline, a joint solver told to
+    answer the original question last); ``style="paper"`` swaps in the paper's zero-shot
+    decomposition, two-stage solver and direct-answer single-stage prompts.
+    """
     if task not in _TASKS:
         raise ValueError(f"unknown task {task!r}: choose one of {sorted(_TASKS)}")
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {style!r}: choose one of {', '.join(PROMPT_STYLES)} or a JSON file")
     t = _TASKS[task]
     # Only {max_subquestions} survives into the template; the task words are filled now.
     decompose = _DECOMPOSE.format(max_subquestions="{max_subquestions}", **t)
-    return PromptSet(
+    prompts = PromptSet(
         decompose_system=decompose,
         decompose_user="{context_block}Question: {question}",
         next_system=_NEXT.format(**t),
@@ -140,6 +189,56 @@ def get_prompts(task: str = "math", *, one_shot: bool = False) -> PromptSet:
         direct_user="{context_block}Question: {question}",
         example=_EXAMPLES[task] if one_shot else None,
     )
+    if style == "paper":
+        prompts = replace(
+            prompts,
+            name="paper",
+            decompose_system=_PAPER_DECOMPOSE.format(max_subquestions="{max_subquestions}", inputs=t["inputs"]),
+            solve_system=_PAPER_SOLVE,
+            solve_user="{context_block}Question: {question}\n\nSubquestions:\n{subquestions_block}",
+            direct_system=_PAPER_DIRECT,
+        )
+    return prompts
+
+
+_TEMPLATE_FIELDS = tuple(f.name for f in fields(PromptSet) if f.default is MISSING)
+
+
+def load_prompt_set(path: str | Path) -> PromptSet:
+    """A prompt set from a JSON file holding every template field (and optionally ``name``).
+
+    Checked up front, so a typo fails before any model runs: a missing or unknown field,
+    or a non-string template, ends with one line naming it.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DivconqError(f"cannot read prompt set {path} ({exc}): pass a JSON object of templates") from exc
+    if not isinstance(data, dict):
+        raise DivconqError(f"prompt set {path} is not a JSON object: give one key per template field")
+    missing = [f for f in _TEMPLATE_FIELDS if f not in data]
+    if missing:
+        raise DivconqError(f"prompt set {path} lacks field(s) {', '.join(missing)}: every one of {', '.join(_TEMPLATE_FIELDS)} is needed")
+    known = {f.name for f in fields(PromptSet)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise DivconqError(f"prompt set {path} has unknown field(s) {', '.join(unknown)}: use only {', '.join(sorted(known))}")
+    bad = [f for f in _TEMPLATE_FIELDS if not isinstance(data[f], str)]
+    if bad:
+        raise DivconqError(f"prompt set {path}: field(s) {', '.join(bad)} must be strings")
+    if data.get("example") is not None:
+        data["example"] = tuple(data["example"])
+    data.setdefault("name", path.stem)
+    try:
+        return PromptSet(**data)
+    except (TypeError, ValueError) as exc:
+        raise DivconqError(f"prompt set {path}: {exc}") from exc
+
+
+def example_for(task: str) -> tuple[str, str]:
+    """The worked decomposition shown one-shot for ``task``."""
+    return _EXAMPLES[task]
 
 
 def with_example(prompts: PromptSet, example: tuple[str, str] | None) -> PromptSet:
