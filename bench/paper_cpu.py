@@ -43,6 +43,10 @@ GOLD = f"gold:gsm8k:{DATA / 'test_socratic.jsonl'}"
 CONFIGS = {
     "single_paper": ("{teacher}", "{teacher}", "single", ["--prompts", "paper"],
                      "teacher, single stage, the paper's prompt (a direct answer of at most five words)"),
+    # The same row again: how far two runs of one configuration differ (the server batches
+    # up to --concurrency requests together, so its arithmetic is not bit-identical per run).
+    "single_paper_repeat": ("{teacher}", "{teacher}", "single", ["--prompts", "paper"],
+                            "single_paper run a second time: the run-to-run noise floor"),
     "single": ("{teacher}", "{teacher}", "single", [], "teacher, single stage, our step-by-step prompt"),
     "static": ("{teacher}", "{teacher}", "static", [], "teacher decomposes (zero-shot) and solves"),
     "static_paper": ("{teacher}", "{teacher}", "static", ["--prompts", "paper"],

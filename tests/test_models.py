@@ -123,7 +123,38 @@ async def _ainvoke_many(chat, n):
 
 def test_async_local_generation_runs_in_a_worker_thread(tiny_model_dir):
     import asyncio
+    import threading
+    import time
 
     chat = load_chat_model(f"hf:{tiny_model_dir}", max_new_tokens=4)
-    replies = asyncio.run(_ainvoke_many(chat, 3))
+    model = chat.llm.pipeline.model
+    real_generate, threads = model.generate, []
+
+    def slow_generate(*args, **kwargs):
+        # The real generation, made long enough (0.2 s) that a blocked event loop would show.
+        threads.append(threading.get_ident())
+        time.sleep(0.2)
+        return real_generate(*args, **kwargs)
+
+    model.generate = slow_generate
+
+    async def main():
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker():
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        tick_task = asyncio.create_task(ticker())
+        replies = await _ainvoke_many(chat, 3)
+        done.set()
+        await tick_task
+        return replies, ticks, threading.get_ident()
+
+    replies, ticks, loop_thread = asyncio.run(main())
+    assert len(threads) == 3 and loop_thread not in threads  # generate never ran on the loop's thread
+    assert ticks >= 20  # 3 x 0.2 s of generation: the loop kept running other tasks throughout
     assert len({r.content for r in replies}) == 1  # greedy: the same prompt gives the same reply
