@@ -1,8 +1,9 @@
-"""``TraceRecorder``: a LangChain callback handler that records graph runs into a ``TraceStore``.
+"""``TraceRecorder``: a LangChain callback handler that records divconq graph runs into a ``TraceStore``.
 
-Add it to the run config of any compiled LangGraph graph and each invocation becomes one
-``TraceRun``: its model calls in task order, the question and answer read off the root
-run's inputs and outputs, and ``correct`` from a scorer (``exact_match`` by default).
+Add it to the run config of a divconq graph, or of an agent or parent graph that runs
+one, and each invocation of the divconq graph becomes one ``TraceRun``: its model calls
+in task order, the question and answer read off the graph run's inputs and outputs, and
+``correct`` from a scorer (``exact_match`` by default).
 The helpers that turn LangChain messages, metadata and usage into records are shared
 with ``langsmith.import_langsmith_runs``, so an imported run looks like a recorded one.
 """
@@ -22,6 +23,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
+from divconq.contract import GRAPH_METADATA_KEY, ROLE_METADATA_KEY, ROLE_TAG_PREFIX
 from divconq.distill.traces import (
     DECOMPOSER,
     SOLVER,
@@ -33,7 +35,7 @@ from divconq.distill.traces import (
     _usage_from_calls,
 )
 
-__all__ = ["TraceRecorder", "exact_match"]
+__all__ = ["TraceRecorder", "exact_match", "is_divconq_task"]
 
 
 # --------------------------------------------------------------------------- answers
@@ -129,10 +131,10 @@ def _texts_of(messages: Any, role: str) -> list[str]:
 
 def _role(metadata: Mapping[str, Any], tags: Iterable[str] | None, node: str | None) -> str:
     """Decomposer or solver: what ``call_model`` tagged, else guessed from the node name."""
-    if metadata.get("divconq_role"):
-        return str(metadata["divconq_role"])
+    if metadata.get(ROLE_METADATA_KEY):
+        return str(metadata[ROLE_METADATA_KEY])
     for tag in tags or ():
-        if isinstance(tag, str) and tag.startswith("divconq:"):
+        if isinstance(tag, str) and tag.startswith(ROLE_TAG_PREFIX):
             return tag.split(":", 1)[1]
     name = (node or "").lower()
     return DECOMPOSER if "decompos" in name or "propose" in name else SOLVER
@@ -193,7 +195,10 @@ def _first_str(mapping: Mapping[str, Any], *keys: str) -> str | None:
     return None
 
 
-_OUR_METADATA = {"gold", "example_id", "dataset"}
+_OUR_METADATA = {"gold", "example_id", "dataset", GRAPH_METADATA_KEY}
+# Metadata a run inherits from the runtime (LangGraph's task keys, LangSmith's and
+# LangChain's own), not from the person who started it: not kept with the run.
+_RUNTIME_PREFIXES = ("ls_", "lc_", "langgraph_", "checkpoint_", "__pregel")
 _EXTRA_OUTPUTS = ("mode", "solve", "fallback_reason")
 
 
@@ -225,7 +230,7 @@ def _fill_run(run: TraceRun, inputs: Any, outputs: Any, metadata: Mapping[str, A
     run.gold = _gold(metadata.get("gold"))
     run.example_id = None if metadata.get("example_id") is None else str(metadata["example_id"])
     run.dataset = None if metadata.get("dataset") is None else str(metadata["dataset"])
-    kept = {k: v for k, v in metadata.items() if k not in _OUR_METADATA and not k.startswith(("ls_", "lc_"))}
+    kept = {k: v for k, v in metadata.items() if k not in _OUR_METADATA and not k.startswith(_RUNTIME_PREFIXES)}
     kept.update({k: outs[k] for k in _EXTRA_OUTPUTS if outs.get(k) is not None})
     run.metadata = kept
     if run.gold is not None and run.status == "ok":
@@ -241,6 +246,25 @@ def _one_line(error: BaseException | str) -> str:
 # --------------------------------------------------------------------------- recorder
 
 
+def is_divconq_task(metadata: Mapping[str, Any] | None) -> bool:
+    """Whether a run carries the metadata every divconq graph node sets (``contract.GRAPH_METADATA_KEY``)."""
+    return bool((metadata or {}).get(GRAPH_METADATA_KEY))
+
+
+@dataclass
+class _Seen:
+    """A run in flight (chain, tool, retriever or model call) and the divconq run it belongs to."""
+
+    parent: UUID | None
+    marked: bool  # carries the divconq node metadata
+    owner: UUID | None  # the divconq graph run it is part of, if any
+    key: tuple[Any, ...]  # its task's order inside that run
+    inputs: Any = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    t0: float = 0.0
+    started_at: float = 0.0
+
+
 @dataclass
 class _OpenCall:
     call: TraceCall
@@ -254,7 +278,6 @@ class _OpenRun:
     t0: float
     inputs: Any
     metadata: dict[str, Any]
-    members: set[UUID] = field(default_factory=set)
     calls: dict[UUID, _OpenCall] = field(default_factory=dict)
     counter: int = 0
     paused: bool = False  # a node raised GraphInterrupt: the run waits for a human, not finished
@@ -270,16 +293,23 @@ def _is_interrupt(error: BaseException) -> bool:
 
 
 class TraceRecorder(BaseCallbackHandler):
-    """Records each root chain run (a graph invocation) and its chat model calls.
+    """Records each run of a divconq graph, at any nesting level, with its model calls.
 
-    Add it to the run config of any compiled graph: ``graph.invoke(inputs,
-    config={"callbacks": [recorder], "metadata": {"gold": [...], "example_id": ...,
-    "dataset": ...}})``. Everything is keyed by run ids under a lock, so one recorder
-    serves ``batch``, threads, ``ainvoke`` and parallel ``Send`` branches. A run is
-    written when its root chain ends (status 'ok') or fails (status 'error'); a run
-    paused by ``interrupt`` is not written. Model calls made outside any chain are
-    ignored. ``raise_error`` (default True) makes a failed write fail the invocation,
-    so a collection never silently loses traces.
+    Add it to the run config of the graph, or of anything that runs it: an agent that
+    calls it through ``as_tool`` (each tool call is one run), or a parent graph that
+    has it as a subgraph node. ``graph.invoke(inputs, config={"callbacks": [recorder],
+    "metadata": {"gold": [...], "example_id": ..., "dataset": ...}})``.
+
+    A divconq graph run is the run whose tasks carry ``{"divconq_graph": ...}`` metadata,
+    which every node of ``build_graph`` sets; a graph of your own is recorded the same
+    way when its nodes (``add_node(..., metadata=...)``) or its run config carry it.
+    Model calls outside such a run (an agent's own model) are never recorded, and a
+    trace in which no divconq graph ran writes nothing. Everything is keyed by run
+    ids under a lock, so one recorder serves ``batch``, threads, ``ainvoke`` and
+    parallel ``Send`` branches. A run is written when it ends (status 'ok') or fails
+    (status 'error'); a run paused by ``interrupt`` is not written. ``raise_error``
+    (default True) makes a failed write fail the invocation, so a collection never
+    silently loses traces.
     """
 
     run_inline = True  # handle events in order on the caller's thread, also under asyncio
@@ -290,21 +320,31 @@ class TraceRecorder(BaseCallbackHandler):
         self.scorer: Scorer = scorer or exact_match
         self.raise_error = raise_error
         self._lock = threading.Lock()
-        self._open: dict[UUID, _OpenRun] = {}
-        self._where: dict[UUID, tuple[UUID, tuple[Any, ...]]] = {}  # run id -> (root id, task order key)
+        self._open: dict[UUID, _OpenRun] = {}  # divconq graph runs in flight
+        self._seen: dict[UUID, _Seen] = {}  # every run in flight under this recorder
 
-    # -- run tree bookkeeping
+    # -- run tree bookkeeping (callers hold the lock)
 
-    def _enter(self, run_id: UUID, parent_run_id: UUID | None, metadata: Mapping[str, Any] | None) -> UUID | None:
-        """Register a child run under its root; return the root id (None if not ours)."""
-        if parent_run_id is None or parent_run_id not in self._where:
-            return None
-        root, key = self._where[parent_run_id]
-        if parent_run_id == root:  # a task of the root graph: its step and path order it
-            key = _order_key(metadata)
-        self._where[run_id] = (root, key)
-        self._open[root].members.add(run_id)
-        return root
+    def _register(
+        self, run_id: UUID, parent_run_id: UUID | None, metadata: Mapping[str, Any] | None, inputs: Any = None
+    ) -> _Seen:
+        parent = self._seen.get(parent_run_id) if parent_run_id is not None else None
+        owner = parent.owner if parent else None
+        # A task of the divconq run itself orders by its step and path; deeper runs inherit it.
+        key = _order_key(metadata) if owner is not None and owner == parent_run_id else (parent.key if parent else ())
+        seen = _Seen(
+            parent_run_id, is_divconq_task(metadata), owner, key, inputs, dict(metadata or {}),
+            time.perf_counter(), time.time(),
+        )
+        self._seen[run_id] = seen
+        return seen
+
+    def _open_run(self, graph_id: UUID) -> None:
+        """Start recording ``graph_id``: the first divconq task under it showed it is a divconq graph."""
+        graph = self._seen[graph_id]
+        graph.owner = graph_id
+        run = TraceRun(run_id=str(graph_id), question="", started_at=graph.started_at)
+        self._open[graph_id] = _OpenRun(run, graph.t0, graph.inputs, graph.metadata)
 
     def on_chain_start(
         self,
@@ -318,12 +358,17 @@ class TraceRecorder(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         with self._lock:
-            if parent_run_id is not None:
-                self._enter(run_id, parent_run_id, metadata)
+            seen = self._register(run_id, parent_run_id, metadata, inputs)
+            parent = self._seen.get(parent_run_id) if parent_run_id is not None else None
+            if not seen.marked or (parent is not None and parent.marked):
                 return
-            run = TraceRun(run_id=str(run_id), question="", started_at=time.time())
-            self._open[run_id] = _OpenRun(run, time.perf_counter(), inputs, dict(metadata or {}))
-            self._where[run_id] = (run_id, _order_key(None))
+            # The outermost marked run: a task of a divconq graph (its parent is the graph
+            # run), or a root whose run config carries the marker (it is the graph run).
+            graph_id = parent_run_id if parent is not None else run_id
+            if graph_id not in self._open:
+                self._open_run(graph_id)
+            if graph_id != run_id:
+                seen.owner, seen.key = graph_id, _order_key(metadata)
 
     def _start_call(
         self,
@@ -336,10 +381,11 @@ class TraceRecorder(BaseCallbackHandler):
         invocation_params: Mapping[str, Any] | None,
     ) -> None:
         with self._lock:
-            root = self._enter(run_id, parent_run_id, metadata)
-            if root is None:
+            seen = self._register(run_id, parent_run_id, metadata)
+            open_run = self._open.get(seen.owner) if seen.owner is not None else None
+            if open_run is None:  # a model call outside any divconq graph run
+                self._seen.pop(run_id)
                 return
-            open_run = self._open[root]
             metadata = metadata or {}
             node = metadata.get("langgraph_node")
             call = TraceCall(
@@ -349,11 +395,10 @@ class TraceRecorder(BaseCallbackHandler):
                 node=node,
                 model=_model_name(metadata, invocation_params, (serialized or {}).get("kwargs")),
                 started_at=time.time(),
-                run_id=str(root),
+                run_id=str(seen.owner),
             )
-            key = self._where[run_id][1] + (open_run.counter,)
+            open_run.calls[run_id] = _OpenCall(call, time.perf_counter(), seen.key + (open_run.counter,))
             open_run.counter += 1
-            open_run.calls[run_id] = _OpenCall(call, time.perf_counter(), key)
 
     def on_chat_model_start(
         self,
@@ -383,9 +428,14 @@ class TraceRecorder(BaseCallbackHandler):
         sent = [{"role": "user", "content": prompts[0]}] if prompts else []
         self._start_call(run_id, parent_run_id, sent, serialized, tags, metadata, kwargs.get("invocation_params"))
 
+    def _pop_call(self, run_id: UUID) -> _OpenCall | None:
+        seen = self._seen.pop(run_id, None)
+        open_run = self._open.get(seen.owner) if seen and seen.owner is not None else None
+        return open_run.calls.get(run_id) if open_run else None
+
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         with self._lock:
-            open_call = self._find_call(run_id)
+            open_call = self._pop_call(run_id)
             if open_call is None:
                 return
             call = open_call.call
@@ -403,16 +453,11 @@ class TraceRecorder(BaseCallbackHandler):
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         with self._lock:
-            open_call = self._find_call(run_id)
+            open_call = self._pop_call(run_id)
             if open_call is not None:
                 open_call.call.seconds = time.perf_counter() - open_call.t0
 
-    def _find_call(self, run_id: UUID) -> _OpenCall | None:
-        root = self._where.get(run_id, (None,))[0]
-        open_run = self._open.get(root) if root is not None else None
-        return open_run.calls.get(run_id) if open_run else None
-
-    # -- tool and retriever runs only need registering, so the model calls under them find the root
+    # -- tool and retriever runs only need registering, so the runs under them find their owner
 
     def on_tool_start(
         self,
@@ -425,19 +470,35 @@ class TraceRecorder(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         with self._lock:
-            self._enter(run_id, parent_run_id, metadata)
+            self._register(run_id, parent_run_id, metadata)
 
     on_retriever_start = on_tool_start  # LangChain calls it the same way: (serialized, query, *, run_id, ...)
 
-    # -- the end of a root run writes it
-
-    def _close(self, run_id: UUID) -> _OpenRun | None:
+    def _forget(self, run_id: UUID, *args: Any, **kwargs: Any) -> None:
         with self._lock:
+            self._seen.pop(run_id, None)
+
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._forget(run_id)
+
+    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._forget(run_id)
+
+    on_retriever_end = on_tool_end
+    on_retriever_error = on_tool_error
+
+    # -- the end of a divconq graph run writes it
+
+    def _end(self, run_id: UUID, error: BaseException | None) -> _OpenRun | None:
+        """Forget ``run_id``; return its divconq run if it was one and is finished."""
+        with self._lock:
+            seen = self._seen.pop(run_id, None)
+            if error is not None and _is_interrupt(error) and seen is not None and seen.owner in self._open:
+                self._open[seen.owner].paused = True
             open_run = self._open.pop(run_id, None)
-            if open_run is not None:
-                for member in open_run.members | {run_id}:
-                    self._where.pop(member, None)
-            return open_run
+        if open_run is None or open_run.paused:
+            return None
+        return open_run
 
     def _finish(self, open_run: _OpenRun, outputs: Any) -> None:
         run = open_run.run
@@ -447,26 +508,15 @@ class TraceRecorder(BaseCallbackHandler):
         _fill_run(run, open_run.inputs, outputs, open_run.metadata, self.scorer)
         self.store.write_run(run)
 
-    def on_chain_end(self, outputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        if parent_run_id is not None or run_id not in self._open:
-            return
-        open_run = self._close(run_id)
-        if open_run is None or open_run.paused or (isinstance(outputs, Mapping) and "__interrupt__" in outputs):
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        open_run = self._end(run_id, None)
+        if open_run is None or (isinstance(outputs, Mapping) and "__interrupt__" in outputs):
             return
         self._finish(open_run, outputs)
 
-    def on_chain_error(
-        self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
-    ) -> None:
-        if parent_run_id is not None:
-            if _is_interrupt(error):
-                with self._lock:
-                    root = self._where.get(run_id, (None,))[0]
-                    if root in self._open:
-                        self._open[root].paused = True
-            return
-        open_run = self._close(run_id)
-        if open_run is None or _is_interrupt(error):
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        open_run = self._end(run_id, error)
+        if open_run is None:
             return
         open_run.run.status, open_run.run.error = "error", _one_line(error)
         self._finish(open_run, None)

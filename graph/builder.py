@@ -21,6 +21,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import CachePolicy, RetryPolicy, Send
 
+from divconq.contract import GRAPH_METADATA_KEY, GRAPH_NAME
 from divconq.errors import DivconqError
 from divconq.graph.state import DivConqState, InputState, OutputState
 from divconq.nodes import nodes as N
@@ -32,6 +33,9 @@ SOLVE_STRATEGIES = ("joint", "sequential", "parallel")
 # Every step of a run is bounded by the caps; this keeps the worst case (2 steps per
 # dynamic round plus three) under LangGraph's default recursion limit of 25.
 MAX_CAP = 10
+# Marks every node as part of a divconq graph, so a TraceRecorder (or a LangSmith import)
+# finds each run of this graph however deeply it is nested in an agent or a parent graph.
+NODE_METADATA = {GRAPH_METADATA_KEY: GRAPH_NAME}
 
 Policy = Callable[[str, "str | None"], str]
 
@@ -207,11 +211,11 @@ def assemble_graph(
         ("solve_direct", N.solve_direct),
     ]:
         cache = cache_decomposer if name == "decompose" else None
-        builder.add_node(name, partial(node, settings), retry_policy=retry, cache_policy=cache)
+        builder.add_node(name, partial(node, settings), retry_policy=retry, cache_policy=cache, metadata=NODE_METADATA)
     builder.add_conditional_edges(START, partial(_route, defaults, policy), ["decompose", "propose", "solve_direct"])
     solving = ["solve", "answer_step", "solve_one", "solve_direct"]
     if review:
-        builder.add_node("review", partial(N.review, settings))
+        builder.add_node("review", partial(N.review, settings), metadata=NODE_METADATA)
         builder.add_edge("decompose", "review")
         builder.add_conditional_edges("review", _after_decompose, solving)
     else:

@@ -19,7 +19,7 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import merge_configs
 from langgraph.types import Overwrite, interrupt
 
-
+from divconq.contract import DECOMPOSER, ROLE_METADATA_KEY, ROLE_TAG_PREFIX, SOLVER
 from divconq.nodes import prompts as P
 from divconq.nodes.parsing import (
     extract_answer,
@@ -28,10 +28,6 @@ from divconq.nodes.parsing import (
     parse_subquestions,
     split_sub_answers,
 )
-
-DECOMPOSER = "decomposer"
-SOLVER = "solver"
-ROLE_METADATA_KEY = "divconq_role"
 
 
 @dataclass(frozen=True)
@@ -77,7 +73,7 @@ def call_model(
     model: BaseChatModel, messages: list[BaseMessage], config: RunnableConfig | None, role: str
 ) -> tuple[str, dict[str, dict[str, float]]]:
     """Invoke ``model`` with the run's config; return its text and a usage update for ``role``."""
-    tagged = merge_configs(config, {"metadata": {ROLE_METADATA_KEY: role}, "tags": [f"divconq:{role}"]})
+    tagged = merge_configs(config, {"metadata": {ROLE_METADATA_KEY: role}, "tags": [f"{ROLE_TAG_PREFIX}{role}"]})
     started = time.perf_counter()
     reply = model.invoke(messages, config=tagged)
     seconds = time.perf_counter() - started

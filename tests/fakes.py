@@ -59,7 +59,7 @@ class ToolCallingChatModel(BaseChatModel):
     """
 
     tool_name: str | None = None
-    tool_args: Callable[[list[BaseMessage]], dict] | None = None
+    tool_args: Callable[[list[BaseMessage]], dict | list[dict]] | None = None  # a list: one call each
     final_prefix: str = "The tool found: "
     bound: list[dict] = []
     seen: list[list[BaseMessage]] = []
@@ -92,8 +92,11 @@ class ToolCallingChatModel(BaseChatModel):
             else:
                 question = next(m for m in reversed(messages) if isinstance(m, HumanMessage))
                 args = {"question": str(question.content)}
-            call = {"name": name, "args": args, "id": f"call_{len(self.seen)}", "type": "tool_call"}
-            message = AIMessage("", tool_calls=[call])
+            calls = [
+                {"name": name, "args": one, "id": f"call_{len(self.seen)}_{i}", "type": "tool_call"}
+                for i, one in enumerate(args if isinstance(args, list) else [args])
+            ]
+            message = AIMessage("", tool_calls=calls)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     @property

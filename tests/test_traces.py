@@ -35,6 +35,7 @@ from divconq.distill.traces import (
 )
 from divconq.errors import DivconqError
 from divconq.graph import build_graph
+from divconq.graph.builder import NODE_METADATA
 from divconq.nodes import prompts as P
 
 PROMPTS = P.get_prompts("math")
@@ -92,7 +93,7 @@ def store(tmp_path: Path):
 def run_once(graph_builder, store: TraceStore, inputs: dict, metadata: dict | None = None, **rec_kw) -> dict:
     recorder = TraceRecorder(store, **rec_kw)
     out = graph_builder.compile().invoke(inputs, config={"callbacks": [recorder], "metadata": metadata or {}})
-    assert not recorder._open and not recorder._where  # nothing left behind
+    assert not recorder._open and not recorder._seen  # nothing left behind
     return out
 
 
@@ -164,7 +165,8 @@ def test_seq_follows_step_and_path_even_when_events_arrive_out_of_order(store):
     rec.on_chain_start(None, {"question": "q?"}, run_id=root)
 
     def branch(index: int, step: int, node: str) -> uuid.UUID:
-        meta = {"langgraph_step": step, "langgraph_node": node, "langgraph_path": ("__pregel_push", index, False)}
+        meta = {"langgraph_step": step, "langgraph_node": node, "langgraph_path": ("__pregel_push", index, False),
+                **NODE_METADATA}
         task, call = uuid.uuid4(), uuid.uuid4()
         rec.on_chain_start(None, {}, run_id=task, parent_run_id=root, metadata=meta)
         rec.on_chat_model_start(
@@ -199,7 +201,8 @@ def test_token_usage_falls_back_to_llm_output_and_role_to_node_name(store):
     rec = TraceRecorder(store)
     root, task, call = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     rec.on_chain_start(None, {"messages": [{"role": "user", "content": "hi there"}]}, run_id=root)
-    rec.on_chain_start(None, {}, run_id=task, parent_run_id=root, metadata={"langgraph_node": "my_decomposer"})
+    task_meta = {"langgraph_node": "my_decomposer", **NODE_METADATA}  # a graph of one's own, marked like ours
+    rec.on_chain_start(None, {}, run_id=task, parent_run_id=root, metadata=task_meta)
     rec.on_chat_model_start(
         {"kwargs": {"model": "served-model"}},
         [[AIMessage("x")]],
@@ -280,7 +283,7 @@ def test_batch_and_threads_keep_concurrent_runs_apart(store):
         assert run.question == questions[i] and run.correct is True
         assert [c.role for c in run.calls] == ["decomposer", "solver"]
         assert all(questions[i] in c.messages[-1]["content"] for c in run.calls)
-    assert not rec._open and not rec._where
+    assert not rec._open and not rec._seen
 
 
 def test_async_invocations_in_parallel(store):
@@ -333,7 +336,7 @@ def test_failed_run_is_written_with_status_error(store):
 def test_model_calls_outside_a_chain_are_ignored(store):
     rec = TraceRecorder(store)
     fake("hello").invoke("hi", config={"callbacks": [rec]})
-    assert store.count() == 0 and not rec._open and not rec._where
+    assert store.count() == 0 and not rec._open and not rec._seen
 
 
 # --------------------------------------------------------------------------- store
@@ -730,7 +733,7 @@ def test_langsmith_plain_messages_tokens_and_errors(tmp_path):
                     ]
                 ]
             },
-            "extra": {"metadata": {"langgraph_node": "solve"}, "invocation_params": {"model_name": "gpt-x"}},
+            "extra": {"metadata": {"langgraph_node": "solve", **NODE_METADATA}, "invocation_params": {"model_name": "gpt-x"}},
         },
         {
             "id": root2,
@@ -739,6 +742,7 @@ def test_langsmith_plain_messages_tokens_and_errors(tmp_path):
             "name": "LangGraph",
             "start_time": t0,
             "inputs": {"question": "Broken?"},
+            "extra": {"metadata": NODE_METADATA},  # marked by its run config: the root is the graph run
             "error": "ValueError('bad')\n\nTraceback ...",
         },
     ]
@@ -774,7 +778,7 @@ def test_langsmith_plain_messages_tokens_and_errors(tmp_path):
     ("line", "match"),
     [
         ("{not json", r"runs.jsonl:2: invalid JSON"),
-        ('["a list"]', r"runs.jsonl:2: expected .* with 'id' and 'run_type'"),
+        ('["a list"]', r"runs.jsonl:2: not a LangSmith run \(no 'id' and 'run_type'; got a JSON list\)"),
         (
             '{"id": "5b7c1d2e-0000-4000-8000-000000000000", "run_type": "llm", "name": "n"}',
             r"runs.jsonl:2: field 'start_time'",
@@ -800,18 +804,20 @@ def test_langsmith_malformed_line_names_the_line(tmp_path, line, match):
         assert s.count() == 0
 
 
-def test_langsmith_trace_without_root_is_refused(tmp_path):
+def test_langsmith_trace_without_its_graph_run_is_refused(tmp_path):
+    missing = str(uuid.uuid4())
     orphan = {
         "id": str(uuid.uuid4()),
         "trace_id": str(uuid.uuid4()),
-        "parent_run_id": str(uuid.uuid4()),
+        "parent_run_id": missing,
         "run_type": "llm",
         "name": "m",
         "start_time": "2025-01-01T00:00:00Z",
+        "extra": {"metadata": NODE_METADATA},
     }
     export = tmp_path / "runs.jsonl"
     export.write_text(json.dumps(orphan) + "\n")
-    with TraceStore(tmp_path / "t.db") as s, pytest.raises(DivconqError, match="0 root runs"):
+    with TraceStore(tmp_path / "t.db") as s, pytest.raises(DivconqError, match=f"lacks run {missing}.*export whole traces"):
         import_langsmith_runs(export, s)
 
 
@@ -854,7 +860,7 @@ def test_interrupted_run_is_written_only_when_resumed_to_the_end(store):
         answer: str
 
     builder = StateGraph(State)
-    builder.add_node("ask", lambda state: {"answer": interrupt("approve?")})
+    builder.add_node("ask", lambda state: {"answer": interrupt("approve?")}, metadata=NODE_METADATA)
     builder.add_edge(START, "ask")
     builder.add_edge("ask", END)
     graph = builder.compile(checkpointer=InMemorySaver())
