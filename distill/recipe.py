@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from divconq.distill.datasets import Example, load_dataset
-from divconq.distill.sft import build_sft_from_gold, sft_from_store
+from divconq.distill.sft import CONFIG_FILES, SPLITS, build_sft_from_gold, sft_from_store, write_card
 from divconq.distill.train import TrainConfig, train
 from divconq.nodes.parsing import parse_subquestions
 from divconq.nodes.prompts import PROMPT_VERSION
@@ -81,9 +81,12 @@ def _slice(examples: list[Example], take: int) -> list[Example]:
 
 
 def _append_jsonl(source_dir: Path, target_dir: Path) -> None:
-    for name in ("train.jsonl", "validation.jsonl", "train_prompt_completion.jsonl", "validation_prompt_completion.jsonl"):
-        with (target_dir / name).open("a", encoding="utf-8") as out:
-            out.write((source_dir / name).read_text(encoding="utf-8"))
+    for split in SPLITS:
+        for pattern in CONFIG_FILES.values():
+            source = source_dir / pattern.format(split=split)
+            if source.is_file():  # an empty split has no file
+                with (target_dir / source.name).open("a", encoding="utf-8") as out:
+                    out.write(source.read_text(encoding="utf-8"))
 
 
 def build_data(data_root: Path, work: Path, teacher_store: Path | None, config: RecipeConfig) -> tuple[Path, dict, set[str]]:
@@ -115,6 +118,7 @@ def build_data(data_root: Path, work: Path, teacher_store: Path | None, config: 
             "models": sorted({call.model for run in runs for call in run.calls if call.model}),
         }
     totals = {key: sum(s[key] for s in summaries.values()) for key in ("train", "validation")}
+    write_card(combined, "divconq SFT data: S_D-R + gold decompositions", "The data of the shipped default adapter.")
     (combined / "summary.json").write_text(json.dumps({
         "variant": "decomposer", "screen": "gold", "task": "mixed", "paper_name": "S_D-R + gold decompositions",
         "prompt_version": PROMPT_VERSION, "source": "gold+traces" if teacher_store else "gold",

@@ -21,10 +21,13 @@ Output (``out_dir``)::
 
     train.jsonl, validation.jsonl                     {"messages": [system, user, assistant]}
     train_prompt_completion.jsonl, validation_...    {"prompt": [...], "completion": [assistant]}
+    README.md                                         dataset card: the two configs and their splits
     summary.json                                      counts, drop reasons, settings
 
 Both formats are TRL conversational formats; ``divconq.distill.train`` reads
-``train.jsonl``. The train/validation split hashes the normalised question (and its
+``train.jsonl``. ``datasets.load_dataset(out_dir)`` reads the card and gives the
+``messages`` config as ``train`` and ``validation`` splits (``name="prompt_completion"``
+the other format). A split with no example is not written, and not in the card. The train/validation split hashes the normalised question (and its
 context), so adding traces later never moves a question across the split.
 """
 
@@ -64,14 +67,19 @@ __all__ = [
 VARIANTS = ("decomposer", "solver")
 SCREENS = ("none", "gold")
 ANSWERS = ("teacher", "gold")
+SPLITS = ("train", "validation")
+# One file per (config, split); the dataset card names them for `datasets.load_dataset`.
+CONFIG_FILES = {"messages": "{split}.jsonl", "prompt_completion": "{split}_prompt_completion.jsonl"}
 SFT_FILES = (
     "train.jsonl",
     "validation.jsonl",
     "train_prompt_completion.jsonl",
     "validation_prompt_completion.jsonl",
+    "README.md",
     "summary.json",
 )
 SUMMARY_FILE = "summary.json"
+CARD_FILE = "README.md"
 
 # The joint solver's node name in the graph; the others solve sub-questions one by one.
 _JOINT_SOLVER_NODE = "solve"
@@ -304,17 +312,54 @@ def _solver_example(run: Any, prompts: Any, answer: str) -> tuple[dict[str, Any]
 # --------------------------------------------------------------------------- writing
 
 
+def dataset_card(title: str, splits: Iterable[str], description: str = "") -> str:
+    """A Hugging Face dataset card whose YAML lists each config's files per split.
+
+    ``datasets.load_dataset(dir)`` reads it: the ``messages`` config is the default, and
+    only the files of ``splits`` are named, so an empty split is never loaded.
+    """
+    lines = ["---", "configs:"]
+    for config, pattern in CONFIG_FILES.items():
+        lines.append(f"- config_name: {config}")
+        if config == "messages":
+            lines.append("  default: true")
+        lines.append("  data_files:")
+        for split in splits:
+            lines += [f"  - split: {split}", f"    path: {pattern.format(split=split)}"]
+    lines += ["---", "", f"# {title}", "", description.strip(), ""]
+    return "\n".join(lines)
+
+
+def write_card(out_dir: Path, title: str, description: str = "") -> None:
+    """Write the dataset card of an SFT dir, naming the splits whose files exist."""
+    splits = [split for split in SPLITS if (out_dir / CONFIG_FILES["messages"].format(split=split)).is_file()]
+    (out_dir / CARD_FILE).write_text(dataset_card(title, splits, description), encoding="utf-8")
+
+
+def _card_description(summary: SftSummary) -> str:
+    return (
+        f"divconq SFT data, {summary.paper_name} (variant {summary.variant}, screen {summary.screen}, "
+        f"task {summary.task}, prompts v{summary.prompt_version}): {summary.train} train and "
+        f"{summary.validation} validation examples. Two TRL conversational formats of the same examples: "
+        "`messages` (the default config) and `prompt_completion`. `summary.json` has the counts and drop reasons.\n\n"
+        "```python\nfrom datasets import load_dataset\n\n"
+        f'data = load_dataset("{Path(summary.out_dir).as_posix()}")  # train and validation splits\n```'
+    )
+
+
 def _write(
     examples: list[tuple[str, dict[str, Any]]], summary: SftSummary, out_dir: Path, overwrite: bool
 ) -> SftSummary:
-    """Write the four jsonl files and summary.json into a temp dir, then move it into place."""
+    """Write the jsonl files of the non-empty splits, the card and summary.json into a temp dir,
+    then move it into place."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
+        splits = sorted({split for split, _ in examples}, key=SPLITS.index)
         handles = {
-            (split, kind): open(scratch / name, "w", encoding="utf-8")
-            for split in ("train", "validation")
-            for kind, name in (("messages", f"{split}.jsonl"), ("pc", f"{split}_prompt_completion.jsonl"))
+            (split, config): open(scratch / pattern.format(split=split), "w", encoding="utf-8")
+            for split in splits
+            for config, pattern in CONFIG_FILES.items()
         }
         try:
             for split, example in examples:
@@ -322,10 +367,11 @@ def _write(
                 messages = {"messages": example["prompt"] + [assistant]}
                 pc = {"prompt": example["prompt"], "completion": [assistant]}
                 handles[(split, "messages")].write(json.dumps(messages, ensure_ascii=False) + "\n")
-                handles[(split, "pc")].write(json.dumps(pc, ensure_ascii=False) + "\n")
+                handles[(split, "prompt_completion")].write(json.dumps(pc, ensure_ascii=False) + "\n")
         finally:
             for handle in handles.values():
                 handle.close()
+        write_card(scratch, f"divconq SFT data: {summary.paper_name}", _card_description(summary))
         (scratch / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) + "\n")
         if out_dir.exists():
             _check_out_dir(out_dir, overwrite)  # again: it may have appeared meanwhile
