@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from divconq.contract import MODES, SOLVE_STRATEGIES, TASKS, VARIANTS
 from divconq.errors import DivconqError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -321,9 +322,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decomposer", default="default", help="model spec of the decomposer (default: %(default)s)")
     parser.add_argument("--solver", default="default", help="model spec of the solver (default: %(default)s)")
-    parser.add_argument("--mode", default="static", choices=["static", "dynamic", "single", "auto"])
-    parser.add_argument("--solve", default="joint", choices=["joint", "sequential", "parallel"])
-    parser.add_argument("--task", default="math", choices=["math", "reading", "multihop"], help="prompt variant")
+    parser.add_argument("--mode", default="static", choices=MODES,
+                        help="static: the decomposer writes all sub-questions first (the paper); dynamic: it "
+                        "proposes one at a time given the answers so far; single: the solver alone; auto: "
+                        "decompose, and answer single-stage when the decomposer says 'No decomposition' "
+                        "(default: %(default)s)")
+    parser.add_argument("--solve", default="joint", choices=SOLVE_STRATEGIES,
+                        help="static mode: joint answers all sub-questions in one solver call (the paper); "
+                        "sequential and parallel make one call per sub-question (default: %(default)s)")
+    parser.add_argument("--task", default="math", choices=TASKS,
+                        help="prompt variant: math, reading (a passage via --context) or multihop (default: %(default)s)")
     parser.add_argument("--shots", default="auto", choices=["auto", "zero", "one"],
                         help="decomposer prompt: the paper's zero-shot one, or one worked example "
                         "(auto: one-shot only for the bare embedded model)")
@@ -377,13 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sft = sub.add_parser("sft", help="turn traces (or gold decompositions) into SFT data")
     sft.add_argument("--store", metavar="TRACES.db")
-    sft.add_argument("--variant", default="decomposer", choices=["decomposer", "solver"])
+    sft.add_argument("--variant", default="decomposer", choices=VARIANTS,
+                     help="what the student learns: the decomposer's sub-questions, or the solver's answers")
     sft.add_argument("--screen", default="none", choices=["none", "gold"], help="gold: keep runs whose answer matched (S_D-R)")
     sft.add_argument("--answer", default="teacher", choices=["teacher", "gold"], help="solver only: gold gives S_E-A")
     sft.add_argument("--gold-data", metavar="FILE", help="build decomposer data from a dataset's gold sub-questions")
     sft.add_argument("--gold-dataset", default="gsm8k", help="the dataset name of --gold-data")
     sft.add_argument("--out", required=True, metavar="DIR")
-    sft.add_argument("--task", default="math", choices=["math", "reading", "multihop"])
+    sft.add_argument("--task", default="math", choices=TASKS, help="prompt variant the examples are written in")
     sft.add_argument("--max-subquestions", type=int, default=3)
     sft.add_argument("--val-fraction", type=float, default=0.1)
     sft.add_argument("--drop-no-decomposition", action="store_true",

@@ -58,7 +58,7 @@ def build_agent(agent_model: BaseChatModel, decomposer: Any = "default", solver:
 
 
 if __name__ == "__main__":
-    from divconq.graph.studio import has_shipped_adapter
+    from divconq.nodes.models import has_shipped_adapter
     from divconq.nodes.models import load_chat_model
     from divconq.nodes.prompts import get_prompts
 

@@ -80,7 +80,7 @@ def build_report_graph(
 
 def default_prompts() -> PromptSet:
     """The prompts for the default models (the one-shot example for the untrained decomposer)."""
-    from divconq.graph.studio import has_shipped_adapter
+    from divconq.nodes.models import has_shipped_adapter
     from divconq.nodes.prompts import get_prompts
 
     return get_prompts("math", one_shot=not has_shipped_adapter())

@@ -19,20 +19,19 @@ from typing import Any, Callable
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
 from langgraph.types import CachePolicy, RetryPolicy, Send
 
-from divconq.contract import GRAPH_METADATA_KEY, GRAPH_NAME
+from divconq.contract import GRAPH_METADATA_KEY, GRAPH_NAME, MODES, ROUTES, SOLVE_STRATEGIES, Mode, Solve, Task
 from divconq.errors import DivconqError
+from divconq.graph.context import MAX_CAP, Context, check_cap, check_choice, run_context
 from divconq.graph.state import DivConqState, InputState, OutputState
 from divconq.nodes import nodes as N
-from divconq.nodes.models import load_chat_model
+from divconq.nodes.models import load_chat_model, parse_spec
 from divconq.nodes.prompts import PromptSet, get_prompts
 
-MODES = ("static", "dynamic", "single", "auto")
-SOLVE_STRATEGIES = ("joint", "sequential", "parallel")
-# Every step of a run is bounded by the caps; this keeps the worst case (2 steps per
-# dynamic round plus three) under LangGraph's default recursion limit of 25.
-MAX_CAP = 10
+__all__ = ["MAX_CAP", "MODES", "NODE_METADATA", "SOLVE_STRATEGIES", "assemble_graph", "build_graph", "decompose_first"]
+
 # Marks every node as part of a divconq graph, so a TraceRecorder (or a LangSmith import)
 # finds each run of this graph however deeply it is nested in an agent or a parent graph.
 NODE_METADATA = {GRAPH_METADATA_KEY: GRAPH_NAME}
@@ -46,27 +45,7 @@ def decompose_first(question: str, context: str | None) -> str:
     return "static"
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise DivconqError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
-
-
-def _check_cap(name: str, value: int) -> None:
-    if not isinstance(value, int) or not 1 <= value <= MAX_CAP:
-        raise DivconqError(f"{name} must be an integer from 1 to {MAX_CAP}, got {value!r}")
-
-
-def _run_settings(defaults: dict[str, str], config: RunnableConfig | None) -> tuple[str, str]:
-    """Mode and solve strategy for this run: build-time defaults, overridable per call."""
-    configurable = (config or {}).get("configurable", {}) or {}
-    mode = configurable.get("mode", defaults["mode"])
-    solve = configurable.get("solve", defaults["solve"])
-    _check_choice("mode", mode, MODES)
-    _check_choice("solve strategy", solve, SOLVE_STRATEGIES)
-    return mode, solve
-
-
-def _check_input(state: dict[str, Any]) -> tuple[str, str | None]:
+def _check_input(state: DivConqState) -> tuple[str, str | None]:
     question = state.get("question")
     if not isinstance(question, str) or not question.strip():
         raise DivconqError("the question is empty: invoke the graph with {'question': '<your question>'}")
@@ -76,18 +55,26 @@ def _check_input(state: dict[str, Any]) -> tuple[str, str | None]:
     return question.strip(), context
 
 
-def _route(defaults: dict[str, str], policy: Policy, state: dict[str, Any], config: RunnableConfig) -> Send:
+def _route(
+    defaults: dict[str, Any], policy: Policy, state: DivConqState, config: RunnableConfig, runtime: Runtime[Context]
+) -> Send:
     """The routing edge from START: pick the route and start a fresh run on it."""
     question, context = _check_input(state)
-    mode, solve = _run_settings(defaults, config)
+    run = run_context(runtime.context, config, warn=True)
+    if run.review and not defaults["review"]:
+        raise DivconqError("context review=True needs a graph built with review: build_graph(..., review=True)")
+    mode, solve = run.mode or defaults["mode"], run.solve or defaults["solve"]
     route = policy(question, context) if mode == "auto" else mode
-    _check_choice("route from the auto policy", route, ("static", "dynamic", "single"))
+    check_choice("route from the auto policy", route, ROUTES)
     node = {"static": "decompose", "dynamic": "propose", "single": "solve_direct"}[route]
     payload = {"question": question, "context": context, "mode": mode, "solve": solve, "route": route, "entry": True}
+    if run.models_or_prompts != (None, None, None, None):
+        # In the node's input, so a cached decomposition is keyed by what this run overrides.
+        payload["run_key"] = repr(run.models_or_prompts)
     return Send(node, payload)
 
 
-def _after_decompose(state: dict[str, Any]) -> str | list[Send]:
+def _after_decompose(state: DivConqState) -> str | list[Send]:
     if not state.get("subquestions"):
         return "solve_direct"
     if state["solve"] == "joint":
@@ -101,13 +88,13 @@ def _after_decompose(state: dict[str, Any]) -> str | list[Send]:
     ]
 
 
-def _after_propose(state: dict[str, Any]) -> str:
+def _after_propose(state: DivConqState) -> str:
     if state.get("pending"):
         return "answer_step"
     return "solve_final" if state.get("subquestions") else "solve_direct"
 
 
-def _after_answer(state: dict[str, Any]) -> str:
+def _after_answer(state: DivConqState) -> str:
     if state.get("route") == "dynamic":
         return "propose"
     done = len(state.get("sub_answers") or []) >= len(state.get("subquestions") or [])
@@ -135,9 +122,9 @@ def build_graph(
     decomposer: str | BaseChatModel,
     solver: str | BaseChatModel,
     *,
-    mode: str = "static",
-    solve: str = "joint",
-    task: str = "math",
+    mode: Mode = "static",
+    solve: Solve = "joint",
+    task: Task = "math",
     prompts: PromptSet | None = None,
     max_subquestions: int = 3,
     max_rounds: int = 3,
@@ -145,13 +132,14 @@ def build_graph(
     retry: RetryPolicy | None = None,
     cache_decomposer: bool | CachePolicy = False,
     review: bool = False,
+    lazy: bool = False,
 ) -> StateGraph:
     """The uncompiled divide-and-conquer graph.
 
     Args:
         decomposer, solver: chat models, or model specs for ``load_chat_model``.
         mode: "static" (the paper), "dynamic" (self-ask style), "single" or "auto";
-            override per call with ``config={"configurable": {"mode": ...}}``.
+            override per call with ``context=Context(mode=...)`` (every run setting can be).
         solve: static solving, "joint" (one solver call, the paper), "sequential" or
             "parallel" (one call per sub-question); overridable per call like ``mode``.
         task: prompt variant, "math", "reading" or "multihop"; ``prompts`` replaces it.
@@ -164,19 +152,22 @@ def build_graph(
             compile with a cache, e.g. ``compile(cache=InMemoryCache())``.
         review: pause after decomposition (``interrupt``) so a person can edit the
             sub-questions; needs a checkpointer, resume with ``Command(resume=[...])``.
+        lazy: load spec-string models on their first use instead of now (the specs are
+            still checked now); LangGraph Studio's graph loads this way.
     """
-    _check_choice("mode", mode, MODES)
-    _check_choice("solve strategy", solve, SOLVE_STRATEGIES)
-    _check_cap("max_subquestions", max_subquestions)
-    _check_cap("max_rounds", max_rounds)
+    check_choice("mode", mode, MODES)
+    check_choice("solve strategy", solve, SOLVE_STRATEGIES)
+    check_cap("max_subquestions", max_subquestions)
+    check_cap("max_rounds", max_rounds)
     if not callable(policy):
         raise DivconqError(f"policy must be a function (question, context) -> route, got {policy!r}")
     settings = N.NodeSettings(
-        decomposer=load_chat_model(decomposer, role=N.DECOMPOSER),
-        solver=load_chat_model(solver, role=N.SOLVER),
+        decomposer=_model_or_spec(decomposer, N.DECOMPOSER, lazy),
+        solver=_model_or_spec(solver, N.SOLVER, lazy),
         prompts=prompts or get_prompts(task),
         max_subquestions=max_subquestions,
         max_rounds=max_rounds,
+        review=review,
     )
     if isinstance(cache_decomposer, bool):
         cache_decomposer = CachePolicy() if cache_decomposer else None
@@ -187,20 +178,27 @@ def build_graph(
     )
 
 
+def _model_or_spec(model: str | BaseChatModel, role: str, lazy: bool) -> str | BaseChatModel:
+    if lazy and isinstance(model, str):
+        parse_spec(model)  # a bad spec fails now, not on the first question
+        return model
+    return load_chat_model(model, role=role)
+
+
 def assemble_graph(
     settings: N.NodeSettings | None,
     *,
-    mode: str = "static",
-    solve: str = "joint",
+    mode: Mode = "static",
+    solve: Solve = "joint",
     policy: Policy = decompose_first,
     retry: RetryPolicy | None = None,
     cache_decomposer: CachePolicy | None = None,
     review: bool = False,
 ) -> StateGraph:
     """Wire the nodes and edges. ``settings=None`` gives the bare structure, for drawing."""
-    defaults = {"mode": mode, "solve": solve}
+    defaults = {"mode": mode, "solve": solve, "review": review}
     retry = retry or RetryPolicy(max_attempts=3, retry_on=N.is_transient_error)
-    builder = StateGraph(DivConqState, input_schema=InputState, output_schema=OutputState)
+    builder = StateGraph(DivConqState, context_schema=Context, input_schema=InputState, output_schema=OutputState)
     for name, node in [
         ("decompose", N.decompose),
         ("propose", N.propose_next),

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 # typing_extensions.TypedDict on Python < 3.12.
 from typing_extensions import TypedDict
 
+from divconq.contract import Mode, Route, Solve
+
 RoleUsage = dict[str, float]  # calls, input_tokens, output_tokens, seconds
 
 
@@ -36,9 +38,9 @@ class InputState(TypedDict, total=False):
 class OutputState(TypedDict, total=False):
     question: str
     context: str | None
-    mode: str  # what was asked for: static, dynamic, single or auto
-    solve: str  # how static sub-questions are solved: joint, sequential or parallel
-    route: str  # what ran: static, dynamic or single
+    mode: Mode  # what was asked for: static, dynamic, single or auto
+    solve: Solve  # how static sub-questions are solved: joint, sequential or parallel
+    route: Route  # what ran: static, dynamic or single
     fallback_reason: str | None  # why a decomposing route answered single-stage
     decomposition: str | None  # the decomposer's raw text
     subquestions: list[str]
@@ -52,3 +54,4 @@ class DivConqState(InputState, OutputState, total=False):
     entry: bool  # set only on the payload that starts a run
     pending: str | None  # dynamic mode: the sub-question proposed and not yet answered
     parallel_answers: Annotated[list[dict], merge_parallel]
+    run_key: str | None  # the run's model and prompt overrides (Context), so cached decompositions are keyed by them

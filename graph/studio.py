@@ -5,13 +5,14 @@ graph factory: the LangGraph server imports this file by path and calls
 ``make_graph(config)`` when it needs the graph. It returns the divide-and-conquer graph
 on the embedded default models (the one-shot decomposition example is shown unless the
 shipped distilled adapter is present), compiled without a checkpointer: the server adds
-its own. Models load on the first call and are cached per process, so later calls are
-quick.
+its own. The factory loads no model: models load on the first run that needs them and
+are cached per process, so the graph loads in about a second (``bench/studio_load.py``).
 
-Per-assistant settings go in the assistant's ``configurable``: ``mode`` and ``solve``
-(read by the graph on every run), and ``decomposer``, ``solver`` (model specs, see
-``divconq.nodes.models``), ``task`` ("math", "reading" or "multihop") and ``review``
-(pause after decomposition for a person to edit the sub-questions), read here.
+The run settings are the graph's context schema (``divconq.graph.Context``), so Studio
+shows ``mode``, ``solve``, ``task``, ``decomposer``, ``solver``, ``review`` and
+``max_subquestions`` as form fields; nodes read them on every run. An assistant's
+``configurable`` may still set them (deprecated); the factory reads ``decomposer``,
+``solver``, ``task`` and ``review`` from it through the same ``Context`` class.
 
 Run it:  pip install -U "langgraph-cli[inmem]"  &&  langgraph dev
 """
@@ -35,46 +36,31 @@ from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.pregel import Pregel
 
+from divconq.contract import GRAPH_NAME, Task
 from divconq.errors import DivconqError
 from divconq.graph.builder import build_graph
-from divconq.nodes import models as _models
+from divconq.graph.context import CONTEXT_FIELDS, from_mapping
+from divconq.nodes.models import needs_one_shot
 from divconq.nodes.prompts import get_prompts
 
-GRAPH_NAME = "divconq"
-
-
-def has_shipped_adapter() -> bool:
-    """Whether the distilled decomposer adapter ships in ``nodes/default_adapter``."""
-    return (_models.DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file()
 
 
 @lru_cache(maxsize=8)
 def studio_graph(
-    decomposer: str = "default", solver: str = "default", task: str = "math", review: bool = False
+    decomposer: str = "default", solver: str = "default", task: Task = "math", review: bool = False
 ) -> CompiledStateGraph:
-    """The compiled graph Studio serves, cached per settings. Blocking: the first call
-    per combination loads the models. ``review`` pauses after decomposition."""
-    # The untrained default decomposer writes no usable sub-questions zero-shot: show it
-    # one worked example, as the CLI does. A distilled adapter was trained without it.
-    one_shot = decomposer == "default" and not has_shipped_adapter()
-    graph = build_graph(decomposer, solver, task=task, prompts=get_prompts(task, one_shot=one_shot), review=review)
+    """The compiled graph Studio serves, cached per settings; its models load on first use.
+    ``review`` adds the pause after decomposition."""
+    prompts = get_prompts(task, one_shot=needs_one_shot(decomposer))
+    graph = build_graph(decomposer, solver, task=task, prompts=prompts, review=review, lazy=True)
     return graph.compile(name=GRAPH_NAME)
 
 
-def _factory_settings(config: RunnableConfig | None) -> tuple[str, str, str, bool]:
+def _factory_settings(config: RunnableConfig | None) -> tuple[str, str, Task, bool]:
     configurable = (config or {}).get("configurable") or {}
-    specs = (
-        configurable.get("decomposer") or "default",
-        configurable.get("solver") or "default",
-        configurable.get("task") or "math",
-    )
-    for key, value in zip(("decomposer", "solver", "task"), specs):
-        if not isinstance(value, str):
-            raise DivconqError(f"configurable {key!r} must be a string, got {type(value).__name__}")
-    review = configurable.get("review", False)
-    if not isinstance(review, bool):
-        raise DivconqError(f"configurable 'review' must be true or false, got {review!r}")
-    return (*specs, review)
+    chosen = {key: configurable[key] for key in CONTEXT_FIELDS if configurable.get(key) is not None}
+    context = from_mapping(chosen, "configurable")
+    return context.decomposer or "default", context.solver or "default", context.task or "math", bool(context.review)
 
 
 async def make_graph(config: RunnableConfig | None = None) -> CompiledStateGraph:
@@ -82,9 +68,9 @@ async def make_graph(config: RunnableConfig | None = None) -> CompiledStateGraph
 
     ``config["configurable"]`` may name ``decomposer``, ``solver`` (model specs),
     ``task``, and ``review`` (true: pause after decomposition to edit the sub-questions,
-    Studio shows the interrupt). The server calls the factory on its event loop for every run, so it is
-    async: model loading (blocking file I/O, refused by ``langgraph dev``) runs in a
-    worker thread, and later calls get the cached graph.
+    Studio shows the interrupt). The server calls the factory on its event loop for
+    every run, so it is async; building touches files (the adapter check), so it runs
+    in a worker thread, and later calls get the cached graph.
     """
     return await asyncio.to_thread(studio_graph, *_factory_settings(config))
 

@@ -160,6 +160,19 @@ class LocalChatModel(ChatHuggingFace):
         return "divconq-local-hf"
 
 
+def has_shipped_adapter() -> bool:
+    """Whether the distilled decomposer adapter ships in ``nodes/default_adapter``."""
+    return (DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file()
+
+
+def needs_one_shot(decomposer_spec: str) -> bool:
+    """Whether this decomposer is the bare embedded model, which writes no usable
+    sub-questions zero-shot and is shown one worked example (the distilled adapter was
+    trained without one)."""
+    spec = decomposer_spec.strip()
+    return spec == "default+adapter=none" or (spec == "default" and not has_shipped_adapter())
+
+
 def _cache_root() -> Path:
     root = os.environ.get("DIVCONQ_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "divconq"

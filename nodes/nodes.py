@@ -10,13 +10,14 @@ decomposer calls from solver calls.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import merge_configs
+from langgraph.runtime import Runtime
 from langgraph.types import Overwrite, interrupt
 
 from divconq.contract import DECOMPOSER, ROLE_METADATA_KEY, ROLE_TAG_PREFIX, SOLVER
@@ -32,13 +33,53 @@ from divconq.nodes.parsing import (
 
 @dataclass(frozen=True)
 class NodeSettings:
-    """What the nodes need besides the state: the two models, prompts and caps."""
+    """What the nodes need besides the state: the two models, prompts and caps.
 
-    decomposer: BaseChatModel
-    solver: BaseChatModel
+    A model may be a spec string, loaded on first use (``load_chat_model`` caches local
+    models per process), so a graph builds in no time and loads what a run needs.
+    """
+
+    decomposer: BaseChatModel | str
+    solver: BaseChatModel | str
     prompts: P.PromptSet
     max_subquestions: int = 3
     max_rounds: int = 3
+    review: bool = False  # the graph has a review node
+    _cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def model(self, role: str) -> BaseChatModel:
+        """The chat model of ``role``, loaded on its first use when given as a spec."""
+        model = self.decomposer if role == DECOMPOSER else self.solver
+        if not isinstance(model, str):
+            return model
+        key = ("model", role, model)
+        if key not in self._cache:
+            from divconq.nodes.models import load_chat_model
+
+            self._cache[key] = load_chat_model(model, role=role)
+        return self._cache[key]
+
+    def for_run(self, context: Any, config: RunnableConfig | None) -> NodeSettings:
+        """These settings with this run's context (``Runtime[Context]``) applied."""
+        from divconq.graph.context import run_context
+        from divconq.nodes.models import needs_one_shot
+
+        ctx = run_context(context, config)
+        decomposer, solver, task, cap = ctx.models_or_prompts
+        if (decomposer, solver, task, cap) == (None, None, None, None) and ctx.review is None:
+            return self
+        key = ("run", decomposer, solver, task, cap, ctx.review)
+        if key not in self._cache:
+            prompts = self.prompts
+            if task is not None:
+                shown = decomposer if decomposer is not None else self.decomposer
+                prompts = P.get_prompts(task, one_shot=isinstance(shown, str) and needs_one_shot(shown))
+            self._cache[key] = replace(
+                self, decomposer=decomposer or self.decomposer, solver=solver or self.solver, prompts=prompts,
+                max_subquestions=cap or self.max_subquestions,
+                review=self.review if ctx.review is None else ctx.review, _cache=self._cache,
+            )
+        return self._cache[key]
 
 
 def is_transient_error(exc: BaseException) -> bool:
@@ -120,13 +161,16 @@ def _with_usage(update: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]
     return {**update, "usage": usage}
 
 
-def decompose(settings: NodeSettings, state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+def decompose(
+    settings: NodeSettings, state: dict[str, Any], config: RunnableConfig, runtime: Runtime
+) -> dict[str, Any]:
     """Static decomposition: all sub-questions in one decomposer call."""
+    settings = settings.for_run(runtime.context, config)
     update = fresh_run(state)
     messages = P.decompose_messages(
         settings.prompts, state["question"], state.get("context"), settings.max_subquestions
     )
-    text, usage = call_model(settings.decomposer, messages, config, DECOMPOSER)
+    text, usage = call_model(settings.model(DECOMPOSER), messages, config, DECOMPOSER)
     subquestions = parse_subquestions(text, settings.max_subquestions, question=state["question"])
     update.update(decomposition=text, subquestions=subquestions, route="static")
     if not subquestions:
@@ -141,15 +185,18 @@ def decompose(settings: NodeSettings, state: dict[str, Any], config: RunnableCon
     return _with_usage(update, usage)
 
 
-def propose_next(settings: NodeSettings, state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+def propose_next(
+    settings: NodeSettings, state: dict[str, Any], config: RunnableConfig, runtime: Runtime
+) -> dict[str, Any]:
     """One dynamic (self-ask style) step: the next sub-question, or none when done."""
+    settings = settings.for_run(runtime.context, config)
     update = fresh_run(state)
     asked = [] if update else list(state.get("subquestions") or [])
     answers = [] if update else list(state.get("sub_answers") or [])
     if len(asked) >= settings.max_rounds:  # the cap: no model call, go answer
         return {**update, "pending": None}
     messages = P.next_subquestion_messages(settings.prompts, state["question"], state.get("context"), asked, answers)
-    text, usage = call_model(settings.decomposer, messages, config, DECOMPOSER)
+    text, usage = call_model(settings.model(DECOMPOSER), messages, config, DECOMPOSER)
     following = parse_next_subquestion(text, question=state["question"], asked=asked)
     previous = (state.get("decomposition") or "") if not update else ""
     update.update(pending=following, decomposition=(previous + "\n" + text).strip(), route="dynamic")
@@ -161,23 +208,29 @@ def propose_next(settings: NodeSettings, state: dict[str, Any], config: Runnable
     return _with_usage(update, usage)
 
 
-def answer_step(settings: NodeSettings, state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+def answer_step(
+    settings: NodeSettings, state: dict[str, Any], config: RunnableConfig, runtime: Runtime
+) -> dict[str, Any]:
     """Answer the next unanswered sub-question, with the earlier ones as context."""
+    settings = settings.for_run(runtime.context, config)
     subquestions = list(state["subquestions"])
     answers = list(state.get("sub_answers") or [])
     index = len(answers)
     messages = P.solve_one_messages(
         settings.prompts, subquestions[index], state.get("context"), subquestions[:index], answers
     )
-    text, usage = call_model(settings.solver, messages, config, SOLVER)
+    text, usage = call_model(settings.model(SOLVER), messages, config, SOLVER)
     return {"sub_answers": answers + [extract_answer(text) or text.strip()], "usage": usage}
 
 
-def solve_joint(settings: NodeSettings, state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+def solve_joint(
+    settings: NodeSettings, state: dict[str, Any], config: RunnableConfig, runtime: Runtime
+) -> dict[str, Any]:
     """The paper's solver: one call answers the sub-questions in order, then the question."""
+    settings = settings.for_run(runtime.context, config)
     subquestions = list(state["subquestions"])
     messages = P.solve_messages(settings.prompts, state["question"], state.get("context"), subquestions)
-    text, usage = call_model(settings.solver, messages, config, SOLVER)
+    text, usage = call_model(settings.model(SOLVER), messages, config, SOLVER)
     return {
         "solution": text,
         "answer": extract_answer(text),
@@ -186,17 +239,23 @@ def solve_joint(settings: NodeSettings, state: dict[str, Any], config: RunnableC
     }
 
 
-def solve_one(settings: NodeSettings, task: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+def solve_one(
+    settings: NodeSettings, task: dict[str, Any], config: RunnableConfig, runtime: Runtime
+) -> dict[str, Any]:
     """Answer one sub-question on its own (a parallel branch, sent with ``Send``)."""
+    settings = settings.for_run(runtime.context, config)
     messages = P.solve_one_messages(settings.prompts, task["subquestion"], task.get("context"))
-    text, usage = call_model(settings.solver, messages, config, SOLVER)
+    text, usage = call_model(settings.model(SOLVER), messages, config, SOLVER)
     answer = extract_answer(text) or text.strip()
     # Branches finish in any order; the index puts each answer back in its place.
     return {"parallel_answers": [{"index": task["index"], "answer": answer}], "usage": usage}
 
 
-def solve_final(settings: NodeSettings, state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+def solve_final(
+    settings: NodeSettings, state: dict[str, Any], config: RunnableConfig, runtime: Runtime
+) -> dict[str, Any]:
     """Answer the original question from its answered sub-questions."""
+    settings = settings.for_run(runtime.context, config)
     subquestions = list(state.get("subquestions") or [])
     answers = list(state.get("sub_answers") or [])
     update: dict[str, Any] = {}
@@ -206,15 +265,18 @@ def solve_final(settings: NodeSettings, state: dict[str, Any], config: RunnableC
         update["sub_answers"] = answers
     subquestions = subquestions[: len(answers)]  # a dynamic run may stop before answering the last
     messages = P.solve_final_messages(settings.prompts, state["question"], state.get("context"), subquestions, answers)
-    text, usage = call_model(settings.solver, messages, config, SOLVER)
+    text, usage = call_model(settings.model(SOLVER), messages, config, SOLVER)
     return {**update, "subquestions": subquestions, "solution": text, "answer": extract_answer(text), "usage": usage}
 
 
-def solve_direct(settings: NodeSettings, state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+def solve_direct(
+    settings: NodeSettings, state: dict[str, Any], config: RunnableConfig, runtime: Runtime
+) -> dict[str, Any]:
     """The single-stage baseline, and the fallback when a decomposition is unusable."""
+    settings = settings.for_run(runtime.context, config)
     update = fresh_run(state)
     messages = P.direct_messages(settings.prompts, state["question"], state.get("context"))
-    text, usage = call_model(settings.solver, messages, config, SOLVER)
+    text, usage = call_model(settings.model(SOLVER), messages, config, SOLVER)
     update.update(solution=text, answer=extract_answer(text), route="single", subquestions=[], sub_answers=[])
     return _with_usage(update, usage)
 
@@ -232,14 +294,19 @@ def _resume_problem(value: Any) -> str | None:
     return None
 
 
-def review(settings: NodeSettings, state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+def review(
+    settings: NodeSettings, state: dict[str, Any], config: RunnableConfig, runtime: Runtime
+) -> dict[str, Any]:
     """Human in the loop: pause after decomposition so a person can edit the sub-questions.
 
     Resume with ``Command(resume=[...sub-questions...])``, or ``Command(resume="keep")``
     to keep them; an empty list answers single-stage. A value that is not a list of
     strings pauses the run again with the problem in the interrupt's ``error`` field,
-    so a slip of the reviewer never wedges the thread.
+    so a slip of the reviewer never wedges the thread. ``Context(review=False)`` skips it.
     """
+    settings = settings.for_run(runtime.context, config)
+    if not settings.review:
+        return {}
     payload: dict[str, Any] = {
         "question": state["question"],
         "subquestions": list(state.get("subquestions") or []),

@@ -23,7 +23,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 
 from divconq.errors import DivconqError
-from divconq.graph import build_graph
+from divconq.graph import Context, build_graph
 from divconq.graph.studio import load_langgraph_json_graph
 from divconq.graph.tools import DivideAndConquerInput, as_tool, format_result
 
@@ -254,7 +254,7 @@ def test_langgraph_json_names_the_studio_factory():
 
 @pytest.mark.parametrize("adapter_shipped", [False, True])
 def test_langgraph_json_graph_builds_on_the_default_specs(monkeypatch, tmp_path, adapter_shipped):
-    import divconq.graph.builder as builder
+    import divconq.graph.studio as studio
     import divconq.nodes.models as models
 
     requested, prompts_seen = [], []
@@ -269,43 +269,64 @@ def test_langgraph_json_graph_builds_on_the_default_specs(monkeypatch, tmp_path,
     adapter_dir.mkdir()
     if adapter_shipped:
         (adapter_dir / "adapter_config.json").write_text("{}")
-    monkeypatch.setattr(builder, "load_chat_model", fake_load)  # no model loads here
+    monkeypatch.setattr(models, "load_chat_model", fake_load)  # no model loads here
     monkeypatch.setattr(models, "DEFAULT_ADAPTER_DIR", adapter_dir)
-    graph = load_langgraph_json_graph(ROOT / "langgraph.json")
-    assert isinstance(graph, CompiledStateGraph) and graph.name == "divconq"
-    assert requested == [("default", "decomposer"), ("default", "solver")]
-    assert {"decompose", "solve", "solve_direct"} <= set(graph.get_graph().nodes)
-    assert graph.invoke({"question": QUESTION})["answer"] == "72"
+    studio.studio_graph.cache_clear()
+    try:
+        graph = load_langgraph_json_graph(ROOT / "langgraph.json")
+        assert isinstance(graph, CompiledStateGraph) and graph.name == "divconq"
+        assert requested == []  # the factory loads no model: the first run does
+        assert {"decompose", "solve", "solve_direct"} <= set(graph.get_graph().nodes)
+        assert graph.invoke({"question": QUESTION})["answer"] == "72"
+        assert requested == [("default", "decomposer"), ("default", "solver")]
+        graph.invoke({"question": QUESTION})
+        assert len(requested) == 2  # loaded once
+    finally:
+        studio.studio_graph.cache_clear()
     # The untrained default decomposer gets the one-shot example; a distilled one does not.
     shown_example = any(isinstance(m, AIMessage) for m in prompts_seen[0])
     assert shown_example is (not adapter_shipped)
 
 
-def test_studio_factory_reads_model_specs_from_the_configurable_and_caches(monkeypatch):
-    import divconq.graph.builder as builder
+def test_studio_factory_reads_settings_through_the_context_class_and_caches(monkeypatch):
     import divconq.graph.studio as studio
+    import divconq.nodes.models as models
 
     requested = []
-    def fake_load(spec, role=None):
-        requested.append((spec, role))
-        return scripted(JOINT)
 
-    monkeypatch.setattr(builder, "load_chat_model", fake_load)
+    def fake_load(spec, *, role=None, **kwargs):
+        requested.append((spec, role))
+        return scripted(DECOMPOSITION) if role == "decomposer" else scripted(JOINT)
+
+    monkeypatch.setattr(models, "load_chat_model", fake_load)
     studio.studio_graph.cache_clear()
     try:
         config = {"configurable": {"decomposer": "openai:gpt-4o-mini", "solver": "hf:/models/x", "task": "reading"}}
-        # The server awaits the factory on its event loop; models load in a worker thread.
+        # The server awaits the factory on its event loop; building runs in a worker thread.
         graph = asyncio.run(studio.make_graph(config))
-        assert requested == [("openai:gpt-4o-mini", "decomposer"), ("hf:/models/x", "solver")]
+        assert requested == []
         assert asyncio.run(studio.make_graph(config)) is graph  # called per run: cached
-        with pytest.raises(DivconqError, match="'task' must be a string"):
+        graph.invoke({"question": QUESTION, "context": "A passage."})
+        assert requested == [("openai:gpt-4o-mini", "decomposer"), ("hf:/models/x", "solver")]
+        with pytest.raises(DivconqError, match="unknown context task 3: choose one of math, reading, multihop"):
             asyncio.run(studio.make_graph({"configurable": {"task": 3}}))
         reviewed = asyncio.run(studio.make_graph({"configurable": {"review": True}}))
         assert "review" in reviewed.get_graph().nodes and "review" not in graph.get_graph().nodes
-        with pytest.raises(DivconqError, match="'review' must be true or false"):
+        with pytest.raises(DivconqError, match="context review must be true or false"):
             asyncio.run(studio.make_graph({"configurable": {"review": "yes"}}))
+        with pytest.raises(DivconqError, match="model spec"):
+            asyncio.run(studio.make_graph({"configurable": {"solver": "nonsense"}}))  # checked without loading
     finally:
         studio.studio_graph.cache_clear()
+
+
+def test_studio_shows_the_run_settings_as_context_fields():
+    graph = build_graph(scripted(DECOMPOSITION), scripted(JOINT)).compile()
+    schema = graph.get_context_jsonschema()
+    assert list(schema["properties"]) == ["mode", "solve", "task", "decomposer", "solver", "review", "max_subquestions"]
+    mode = schema["properties"]["mode"]
+    assert {"enum": ["static", "dynamic", "single", "auto"], "type": "string"} in mode["anyOf"]
+    assert "self-ask" in mode["description"]
 
 
 def test_studio_gets_input_and_output_json_schemas():
@@ -414,13 +435,13 @@ def item_graph():
 
 @pytest.mark.parametrize("route", list(ROUTES))
 def test_ainvoke_abatch_and_astream_on_every_route(item_graph, route):
-    config = {"configurable": ROUTES[route]}
+    context = ROUTES[route]  # a dict: LangGraph makes it a Context
 
     async def main():
-        single = await item_graph.ainvoke({"question": item_question(1)}, config)
-        batch = await item_graph.abatch([{"question": item_question(n)} for n in (2, 3, 4)], config)
+        single = await item_graph.ainvoke({"question": item_question(1)}, context=context)
+        batch = await item_graph.abatch([{"question": item_question(n)} for n in (2, 3, 4)], context=context)
         nodes, last = [], None
-        stream = item_graph.astream({"question": item_question(5)}, config, stream_mode=["updates", "values"])
+        stream = item_graph.astream({"question": item_question(5)}, context=context, stream_mode=["updates", "values"])
         async for mode, item in stream:
             if mode == "updates":
                 nodes.extend(item)
@@ -439,7 +460,7 @@ def test_ainvoke_abatch_and_astream_on_every_route(item_graph, route):
 
 def test_batch_sync_matches_questions(item_graph):
     inputs = [{"question": item_question(n)} for n in range(6)]
-    outs = item_graph.batch(inputs, {"configurable": ROUTES["static-parallel"]})
+    outs = item_graph.batch(inputs, context=Context(**ROUTES["static-parallel"]))
     for n, out in enumerate(outs):
         check_item_output(out, n, "static-parallel")
 
@@ -447,12 +468,13 @@ def test_batch_sync_matches_questions(item_graph):
 @pytest.mark.parametrize("route", ["static-parallel", "dynamic"])
 def test_twenty_concurrent_questions_each_get_their_own_answer(route):
     graph = build_graph(item_decomposer(delay=0.01), item_solver(delay=0.02)).compile()
-    config = {"configurable": ROUTES[route]}
+    context = Context(**ROUTES[route])
     numbers = list(range(100, 120))
 
     async def main():
-        batch = graph.abatch([{"question": item_question(n)} for n in numbers], config, max_concurrency=20)
-        gathered = asyncio.gather(*(graph.ainvoke({"question": item_question(n)}, config) for n in reversed(numbers)))
+        questions = [{"question": item_question(n)} for n in numbers]
+        batch = graph.abatch(questions, {"max_concurrency": 20}, context=context)
+        gathered = asyncio.gather(*(graph.ainvoke(q, context=context) for q in reversed(questions)))
         return await asyncio.gather(batch, gathered)
 
     started = time.perf_counter()
@@ -660,8 +682,10 @@ def test_cached_decomposer_is_called_once_per_question():
     assert first["subquestions"] == second["subquestions"] == SUBQUESTIONS and second["answer"] == "72"
     graph.invoke({"question": "Another question about 3 apples and 4 pears?"})
     assert len(decomposer_calls) == 2  # a new question is decomposed
-    graph.invoke({"question": QUESTION}, {"configurable": {"solve": "sequential"}})
+    graph.invoke({"question": QUESTION}, context=Context(solve="sequential"))
     assert len(decomposer_calls) == 3  # the run settings are part of the key
+    graph.invoke({"question": QUESTION}, context=Context(max_subquestions=2))
+    assert len(decomposer_calls) == 4  # and so are the context's prompt and model overrides
 
 
 def test_without_cache_the_decomposer_runs_every_time():

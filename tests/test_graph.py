@@ -11,7 +11,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.types import Overwrite
 
 from divconq.errors import DivconqError
-from divconq.graph import build_graph
+from divconq.graph import Context, build_graph
 
 QUESTION = "Natalia sold clips to 48 friends in April, and half as many in May. How many clips did she sell?"
 DECOMPOSITION = "1. How many clips did Natalia sell in May?\n2. How many clips did she sell in April and May?"
@@ -140,12 +140,47 @@ def test_auto_mode_follows_the_policy():
     assert graph.invoke({"question": QUESTION})["route"] == "static"
 
 
-def test_mode_is_overridable_per_call():
+def test_mode_is_overridable_per_call_through_the_context():
     graph = build_graph(scripted(DECOMPOSITION), scripted("The answer is: 72")).compile()
-    out = graph.invoke({"question": QUESTION}, {"configurable": {"mode": "single"}})
+    out = graph.invoke({"question": QUESTION}, context=Context(mode="single"))
     assert out["route"] == "single" and out["mode"] == "single"
-    out = graph.invoke({"question": QUESTION}, {"configurable": {"solve": "sequential"}})
+    out = graph.invoke({"question": QUESTION}, context={"solve": "sequential"})
     assert out["solve"] == "sequential" and out["usage"]["solver"]["calls"] == 3
+
+
+def test_configurable_still_works_for_one_release_and_warns():
+    graph = build_graph(scripted(DECOMPOSITION), scripted("The answer is: 72")).compile()
+    with pytest.warns(DeprecationWarning, match="pass them as the context") as caught:
+        out = graph.invoke({"question": QUESTION}, {"configurable": {"mode": "single"}})
+    assert out["route"] == "single" and len(caught) == 1  # once per run, not once per node
+
+
+def test_context_models_prompts_and_caps_apply_to_this_run_only(monkeypatch):
+    import divconq.nodes.models as models
+
+    other = ScriptedChatModel(respond=lambda m: "1. How many clips in May?\n2. How many clips in April?\n3. How many in all?")
+    graph = build_graph(scripted(DECOMPOSITION), scripted("The answer is: 72")).compile()
+    loaded = []
+    monkeypatch.setattr(models, "load_chat_model", lambda spec, *, role=None, **kw: loaded.append((spec, role)) or other)
+    out = graph.invoke({"question": QUESTION}, context=Context(decomposer="openai:other", max_subquestions=2))
+    assert loaded == [("openai:other", "decomposer")] and out["subquestions"] == ["How many clips in May?", "How many clips in April?"]
+    assert graph.invoke({"question": QUESTION})["subquestions"] == SUBQUESTIONS  # the graph's own again
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        ({"mode": "fast"}, "unknown context mode 'fast': choose one of static, dynamic, single, auto"),
+        ({"solve": 1}, "unknown context solve 1: choose one of joint, sequential, parallel"),
+        ({"task": "poetry"}, "unknown context task 'poetry': choose one of math, reading, multihop"),
+        ({"max_subquestions": 11}, "context max_subquestions must be an integer from 1 to 10"),
+        ({"review": True}, "context review=True needs a graph built with review"),
+    ],
+)
+def test_a_context_value_outside_its_choices_names_the_allowed_values(context, message):
+    graph = build_graph(scripted(DECOMPOSITION), scripted("The answer is: 72")).compile()
+    with pytest.raises(DivconqError, match=re.escape(message)):
+        graph.invoke({"question": QUESTION}, context=context)
 
 
 def test_usage_totals_add_up_per_role():
