@@ -6,9 +6,16 @@ Bad input ends in one line on stderr naming the problem and the fix, and exit co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import itertools
 import json
+import logging
+import os
 import sys
+import threading
+import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -92,9 +99,40 @@ def cmd_ask(args: argparse.Namespace) -> int:
     context = _read_context(args.context)
     graph = graph_for_cli(args)
     inputs = {"question": args.question, "context": context}
-    result = stream_answer(graph, inputs) if args.stream else graph.invoke(inputs)
+    if args.stream:  # the run is shown as it happens (stderr); stdout gets the answer once
+        result = stream_answer(graph, inputs)
+        print(json.dumps(result, indent=2) if args.json else f"Answer: {result.get('answer')}")
+        return 0
+    with spinner("thinking", enabled=not args.json):
+        result = graph.invoke(inputs)
     print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0
+
+
+@contextlib.contextmanager
+def spinner(label: str, *, enabled: bool = True) -> Any:
+    """A one-line spinner with the elapsed time on stderr while a local model generates
+    (a terminal only: logs and pipes get nothing)."""
+    if not (enabled and sys.stderr.isatty()):
+        yield
+        return
+    done = threading.Event()
+
+    def spin() -> None:
+        started = time.monotonic()
+        for frame in itertools.cycle("|/-\\"):
+            if done.wait(0.2):
+                break
+            print(f"\r{frame} {label} {time.monotonic() - started:4.0f} s", end="", file=sys.stderr, flush=True)
+        print("\r" + " " * (len(label) + 12) + "\r", end="", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def stream_answer(graph: Any, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -256,7 +294,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         with TraceStore(args.store, readonly=True) as store:
             run = store.get_run(args.id) if args.id else next(store.runs(status=None), None)
             if run is None:
-                raise DivconqError(f"no run {args.id or ''} in {args.store}: list ids with divconq trace show STORE --list".replace("  ", " "))
+                raise DivconqError(f"no run {args.id or ''} in {args.store}: list the run ids with divconq trace list {args.store}".replace("  ", " "))
             print(format_run_tree(run))
         return 0
     if args.trace_command == "list":
@@ -319,9 +357,46 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+SPEC_HELP = """model specs (--decomposer, --solver, --base):
+  default                            the embedded SmolLM2-135M-Instruct (as decomposer: with the shipped adapter)
+  default+adapter=none               the embedded model without any adapter
+  default+adapter=DIR                the embedded model with your trained adapter
+  hf:DIR_OR_HUB_ID[+adapter=DIR]     a transformers causal LM, optionally with a LoRA adapter
+  PROVIDER:MODEL                     anything init_chat_model accepts, e.g. openai:gpt-4o-mini
+  openai:MODEL@http://HOST:PORT/v1   an OpenAI-compatible server (vLLM, llama.cpp, Ollama)
+
+modes (--mode): static (all sub-questions first, the paper), dynamic (one at a time),
+  single (the solver alone), auto (decompose; single-stage on 'No decomposition')"""
+DESCRIPTION = __doc__.splitlines()[0] + "\n\n" + SPEC_HELP
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("divconq")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
+
+
+def quiet_libraries(verbose: bool, command: str | None) -> None:
+    """Library warnings and transformers' weight-loading bars only with -v; divconq's own
+    log lines (warnings) always, as ``divconq: ...`` on stderr."""
+    logging.basicConfig(format="divconq: %(message)s", level=logging.WARNING)
+    if verbose:
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if command != "train":  # training keeps its progress bar
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+
+
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--decomposer", default="default", help="model spec of the decomposer (default: %(default)s)")
-    parser.add_argument("--solver", default="default", help="model spec of the solver (default: %(default)s)")
+    parser.add_argument("--decomposer", default="default", metavar="SPEC",
+                        help="model spec of the decomposer, see divconq --help (default: %(default)s)")
+    parser.add_argument("--solver", default="default", metavar="SPEC",
+                        help="model spec of the solver, e.g. openai:gpt-4o-mini (default: %(default)s)")
     parser.add_argument("--mode", default="static", choices=MODES,
                         help="static: the decomposer writes all sub-questions first (the paper); dynamic: it "
                         "proposes one at a time given the answers so far; single: the solver alone; auto: "
@@ -339,16 +414,22 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="prompt wording: ours (step-by-step single stage), the paper's (direct answer of at "
                         "most five words single stage, its decomposition and solver prompts), or a JSON file "
                         "with every PromptSet field (default: %(default)s)")
-    parser.add_argument("--max-subquestions", type=int, default=3)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--max-subquestions", type=int, default=3, metavar="N",
+                        help="cap on static sub-questions, 1 to 10 (default: %(default)s, the paper's best)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
+                        help="cap on tokens per model reply (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="divconq", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="divconq", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show the libraries' warnings and weight-loading bars (quiet by default)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ask = sub.add_parser("ask", help="answer a question through the graph")
-    ask.add_argument("question")
+    ask.add_argument("question", help="the question, quoted")
     ask.add_argument("--context", metavar="FILE", help="a text file with the passage the question is about")
     ask.add_argument("--json", action="store_true", help="print the full result as JSON")
     ask.add_argument("--stream", action="store_true", help="show sub-questions, answers and solver tokens as they come")
@@ -359,10 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("eval", help="score the graph on a dataset (resumable)")
     evaluate.add_argument("--dataset", required=True, help="gsm8k, drop, bamboogle, strategyqa, hotpotqa or jsonl")
-    evaluate.add_argument("--data", required=True, metavar="FILE")
+    evaluate.add_argument("--data", required=True, metavar="FILE", help="the dataset's JSONL file")
     evaluate.add_argument("--out", required=True, metavar="RESULTS.jsonl", help="appended to; finished ids are skipped")
-    evaluate.add_argument("--limit", type=int)
-    evaluate.add_argument("--concurrency", type=int, default=4)
+    evaluate.add_argument("--limit", type=int, metavar="N", help="score the first N questions (after leaving out training ids)")
+    evaluate.add_argument("--concurrency", type=int, default=4, metavar="K", help="questions in flight (default: %(default)s)")
     evaluate.add_argument("--processes", type=int, default=1,
                           help="worker processes sharing the concurrency (API models only: spreads client work over cores)")
     evaluate.add_argument("--pricing", metavar="FILE", help='JSON {"spec": {"input": $/1K, "output": $/1K}}')
@@ -376,29 +457,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     collect = sub.add_parser("collect", help="run the graph over a dataset and record traces (resumable)")
     collect.add_argument("--dataset", required=True, help="gsm8k, drop, bamboogle, strategyqa, hotpotqa or jsonl")
-    collect.add_argument("--data", required=True, metavar="FILE")
-    collect.add_argument("--store", required=True, metavar="TRACES.db")
-    collect.add_argument("--limit", type=int)
-    collect.add_argument("--concurrency", type=int, default=4)
+    collect.add_argument("--data", required=True, metavar="FILE", help="the dataset's JSONL file")
+    collect.add_argument("--store", required=True, metavar="TRACES.db", help="SQLite trace store (created, or resumed)")
+    collect.add_argument("--limit", type=int, metavar="N", help="run the first N questions")
+    collect.add_argument("--concurrency", type=int, default=4, metavar="K", help="questions in flight (default: %(default)s)")
     collect.add_argument("--shard", metavar="I/N", help="take only shard I of N (by a hash of the question id)")
     _add_model_args(collect)
 
     sft = sub.add_parser("sft", help="turn traces (or gold decompositions) into SFT data")
-    sft.add_argument("--store", metavar="TRACES.db")
+    sft.add_argument("--store", metavar="TRACES.db", help="the trace store of divconq collect or trace import")
     sft.add_argument("--variant", default="decomposer", choices=VARIANTS,
                      help="what the student learns: the decomposer's sub-questions, or the solver's answers")
     sft.add_argument("--screen", default="none", choices=["none", "gold"], help="gold: keep runs whose answer matched (S_D-R)")
     sft.add_argument("--answer", default="teacher", choices=["teacher", "gold"], help="solver only: gold gives S_E-A")
     sft.add_argument("--gold-data", metavar="FILE", help="build decomposer data from a dataset's gold sub-questions")
     sft.add_argument("--gold-dataset", default="gsm8k", help="the dataset name of --gold-data")
-    sft.add_argument("--out", required=True, metavar="DIR")
+    sft.add_argument("--out", required=True, metavar="DIR", help="output dir; loads with datasets.load_dataset(DIR)")
     sft.add_argument("--task", default="math", choices=TASKS, help="prompt variant the examples are written in")
-    sft.add_argument("--max-subquestions", type=int, default=3)
-    sft.add_argument("--val-fraction", type=float, default=0.1)
+    sft.add_argument("--max-subquestions", type=int, default=3, metavar="N", help="the cap the prompts promise (default: %(default)s)")
+    sft.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                     help="share of questions in the validation split, by a hash of the question (default: %(default)s)")
     sft.add_argument("--drop-no-decomposition", action="store_true",
                      help="leave out runs whose decomposer answered 'No decomposition'")
-    sft.add_argument("--overwrite", action="store_true")
-    sft.add_argument("--json", action="store_true")
+    sft.add_argument("--overwrite", action="store_true", help="replace a non-empty --out dir")
+    sft.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     tr = sub.add_parser("train", help="train a LoRA student on SFT data")
     tr.add_argument("--data", required=True, metavar="DIR")
@@ -424,22 +506,23 @@ def build_parser() -> argparse.ArgumentParser:
     trace = sub.add_parser("trace", help="inspect, merge and import trace stores")
     trace_sub = trace.add_subparsers(dest="trace_command", required=True)
     show = trace_sub.add_parser("show", help="print one captured run as a tree")
-    show.add_argument("store", metavar="STORE")
+    show.add_argument("store", metavar="STORE", help="a trace store (SQLite)")
     show.add_argument("--id", help="run id (default: the first run)")
     listing = trace_sub.add_parser("list", help="one line per captured run")
-    listing.add_argument("store", metavar="STORE")
+    listing.add_argument("store", metavar="STORE", help="a trace store (SQLite)")
     merge = trace_sub.add_parser("merge", help="add the runs of other stores, without duplicates")
     merge.add_argument("store", metavar="STORE", help="the store to merge into (created if missing)")
-    merge.add_argument("sources", nargs="+", metavar="OTHER")
+    merge.add_argument("sources", nargs="+", metavar="OTHER", help="stores to read (left unchanged)")
     imp = trace_sub.add_parser("import", help="import LangSmith runs saved as JSON lines")
-    imp.add_argument("store", metavar="STORE")
-    imp.add_argument("jsonl", metavar="RUNS.jsonl")
+    imp.add_argument("store", metavar="STORE", help="the store to import into (created if missing)")
+    imp.add_argument("jsonl", metavar="RUNS.jsonl",
+                     help="LangSmith runs, one per line: client.runs.query() or list_runs() records (see README)")
 
     rep = sub.add_parser("report", help="compare result files like the paper's Table 1")
-    rep.add_argument("results", nargs="+", metavar="RESULTS.jsonl")
-    rep.add_argument("--pricing", metavar="FILE")
-    rep.add_argument("--markdown", metavar="FILE")
-    rep.add_argument("--png", metavar="FILE")
+    rep.add_argument("results", nargs="+", metavar="RESULTS.jsonl", help="files of divconq eval; each is one row")
+    rep.add_argument("--pricing", metavar="FILE", help='JSON {"spec": {"input": $/1K, "output": $/1K}} (default: the paper\'s GPT-3.5 prices)')
+    rep.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
+    rep.add_argument("--png", metavar="FILE", help="also plot score against cost per question as a PNG")
 
     for extend in EXTENSIONS:
         extend(sub)
@@ -452,6 +535,7 @@ EXTENSIONS: list[Callable[[Any], None]] = []
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_libraries(args.verbose, args.command)
     try:
         return COMMANDS[args.command](args)
     except DivconqError as exc:

@@ -30,6 +30,8 @@ from teacher import llama_server, native_server, teacher_gguf
 from divconq.cli import run_step as divconq
 from divconq.distill.evaluate import load_pricing, read_results, summarise
 from divconq.distill.stats import decomposed_share, paired_bootstrap, paired_rows
+from divconq.errors import DivconqError
+from divconq.nodes.models import require_server
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "gsm8k"
@@ -252,6 +254,11 @@ def main() -> None:
     args.work.mkdir(exist_ok=True)
     if not args.table_only:
         if args.teacher_url:
+            try:
+                require_server(args.teacher_url, "`python bench/teacher.py --port 8080 &`, or drop --teacher-url "
+                               "to let this script start one")
+            except DivconqError as exc:
+                raise SystemExit(f"paper_cpu: {exc}") from None
             run(args, Setup(teacher=f"openai:teacher@{args.teacher_url}", concurrency=args.concurrency))
         else:
             with llama_server(teacher_gguf(), port=args.teacher_port, parallel=args.concurrency, binary=native_server()) as url:

@@ -20,7 +20,9 @@ from pathlib import Path
 from divconq.cli import run_step as divconq
 from divconq.distill.datasets import load_dataset
 from divconq.graph import build_graph
+from divconq.errors import DivconqError
 from divconq.nodes import load_chat_model
+from divconq.nodes.models import require_server
 from divconq.nodes.prompts import get_prompts
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
@@ -80,6 +82,10 @@ def main() -> None:
     store, data, adapter = args.store or args.work / "teacher.db", args.work / name, args.work / "student"
 
     if args.store is None:
+        try:  # before the progress bar: a missing teacher is one line, not a minute of failures
+            require_server(args.teacher, "`python bench/teacher.py --port 8080 &` (or pass --teacher SPEC)")
+        except DivconqError as exc:
+            raise SystemExit(f"distill_demo: {exc}") from None
         divconq(["collect", "--dataset", "gsm8k", "--data", str(DATA / "train.jsonl"), "--limit", str(args.questions),
                  "--decomposer", args.teacher, "--solver", args.teacher, "--store", str(store), "--concurrency", "2"])
     divconq(["sft", "--store", str(store), "--screen", args.screen, "--out", str(data), "--overwrite",

@@ -379,6 +379,26 @@ def load_local_chat_model(
 # --------------------------------------------------------------------------- API models
 
 
+def require_server(spec_or_url: str, start_hint: str, timeout: float = 5.0) -> None:
+    """Fail in one line, naming the server to start, when no OpenAI-compatible server answers.
+
+    ``spec_or_url``: ``openai:<model>@http://host:port/v1`` or the base URL itself.
+    """
+    import urllib.error
+    import urllib.request
+
+    base_url = spec_or_url.partition("@")[2] if "@http" in spec_or_url else spec_or_url
+    if not base_url.startswith(("http://", "https://")):
+        return  # a hosted provider: its client reports its own errors
+    try:
+        with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=timeout):
+            return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ModelSpecError(f"no model server answers at {base_url} ({reason}): start one with {start_hint}") from None
+
+
+
 def _load_api_chat_model(spec: ModelSpec, *, temperature: float, max_tokens: int | None) -> BaseChatModel:
     from langchain.chat_models import init_chat_model
 

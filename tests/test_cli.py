@@ -125,3 +125,23 @@ def test_run_step_stops_a_script_on_a_failed_command(tmp_path, capsys):
     with pytest.raises(SystemExit, match="'divconq sft' exited with 2"):
         run_step(["sft", "--store", str(tmp_path / "missing.db"), "--out", str(tmp_path / "out")])
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_version_and_verbose_flag_and_help_explain_specs_and_modes(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("divconq ")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "openai:MODEL@http://HOST:PORT/v1" in text and "dynamic (one at a time)" in text and "-v, --verbose" in text
+
+
+def test_trace_show_on_an_empty_store_names_the_list_command(tmp_path, capsys):
+    from divconq.distill.traces import TraceStore
+
+    with TraceStore(tmp_path / "empty.db"):
+        pass
+    assert main(["trace", "show", str(tmp_path / "empty.db")]) == 2
+    err = capsys.readouterr().err
+    assert "divconq trace list" in err and "--list" not in err
