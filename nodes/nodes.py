@@ -73,7 +73,9 @@ class NodeSettings:
             prompts = self.prompts
             if task is not None:
                 shown = decomposer if decomposer is not None else self.decomposer
-                prompts = P.get_prompts(task, one_shot=isinstance(shown, str) and needs_one_shot(shown))
+                # The graph's own wording carries over to the new task (a custom set falls back to ours).
+                style = self.prompts.name if self.prompts.name in P.PROMPT_STYLES else "divconq"
+                prompts = P.get_prompts(task, one_shot=isinstance(shown, str) and needs_one_shot(shown), style=style)
             self._cache[key] = replace(
                 self, decomposer=decomposer or self.decomposer, solver=solver or self.solver, prompts=prompts,
                 max_subquestions=cap or self.max_subquestions,

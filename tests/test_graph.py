@@ -167,6 +167,16 @@ def test_context_models_prompts_and_caps_apply_to_this_run_only(monkeypatch):
     assert graph.invoke({"question": QUESTION})["subquestions"] == SUBQUESTIONS  # the graph's own again
 
 
+def test_a_context_task_keeps_the_graph_s_prompt_wording():
+    from divconq.nodes.prompts import get_prompts
+
+    seen = []
+    solver = ScriptedChatModel(respond=lambda m: seen.append(m[0].content) or "The answer is: 72")
+    graph = build_graph(scripted(DECOMPOSITION), solver, mode="single", prompts=get_prompts("math", style="paper")).compile()
+    graph.invoke({"question": QUESTION}, context=Context(task="multihop"))
+    assert seen == [get_prompts("multihop", style="paper").direct_system]  # the paper's wording, the new task
+
+
 @pytest.mark.parametrize(
     ("context", "message"),
     [
