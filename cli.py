@@ -169,12 +169,15 @@ OUTPUT_KEYS = ("question", "context", "mode", "solve", "route", "fallback_reason
 def cmd_draw(args: argparse.Namespace) -> int:
     from divconq.graph import assemble_graph
     from divconq.graph.draw import draw_png
+    from divconq.safeio import atomic_write, check_writable_target
 
+    out = check_writable_target(args.out, "--out")
+    if out.suffix.lower() != ".png":
+        raise DivconqError(f"--out {args.out!r} must name a .png file: the Mermaid text goes beside it as .mmd")
     drawable = assemble_graph(None).compile().get_graph()
     mermaid = drawable.draw_mermaid()
-    out = Path(args.out)
     mermaid_path = out.with_suffix(".mmd")
-    mermaid_path.write_text(mermaid)
+    atomic_write(mermaid_path, mermaid, what="Mermaid file")
     draw_png(drawable, out)
     print(mermaid)
     print(f"wrote {mermaid_path} and {out}", file=sys.stderr)
@@ -205,8 +208,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from divconq.distill.datasets import load_dataset
     from divconq.distill.evaluate import evaluate, format_summary, load_pricing, summarise
     from divconq.distill.runner import RunSettings
-
     from divconq.distill.slices import check_disjoint, read_slice, select
+    from divconq.scrub import scrub_text
 
     # Training ids go first, then the limit: --limit N scores N questions no adapter saw.
     excluded = _training_ids(args.exclude_ids)
@@ -220,7 +223,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         examples = select(load_dataset(args.dataset, args.data), slice_)
         run_info["slice"] = slice_.key
     else:
-        examples = [e for e in load_dataset(args.dataset, args.data) if e.id not in excluded]
+        # An id file holds ids as written (scrubbed, like every file divconq writes).
+        examples = [e for e in load_dataset(args.dataset, args.data)
+                    if e.id not in excluded and scrub_text(e.id) not in excluded]
     examples = examples[: args.limit] if args.limit else examples
     pricing = load_pricing(args.pricing)
     # Worker processes each build their own graph (a compiled graph cannot cross a process).

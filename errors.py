@@ -11,3 +11,11 @@ class ModelSpecError(DivconqError):
 
 class AdapterMismatchError(DivconqError):
     """A PEFT adapter that was trained on another base model."""
+
+
+class OutputWriteError(DivconqError):
+    """An output (a trace store, a results file) could not be written, e.g. a full disk.
+
+    Runs stop at the first one instead of sending every remaining question to the model:
+    nothing more could be saved. What was written before it is kept.
+    """

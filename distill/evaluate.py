@@ -20,7 +20,9 @@ from divconq.distill.datasets import Example
 from divconq.distill.metrics import gsm8k_lenient
 from divconq.distill.metrics import score as score_prediction
 from divconq.distill.runner import Outcome, RunSettings, run_examples
-from divconq.errors import DivconqError
+from divconq.errors import DivconqError, OutputWriteError
+from divconq.safeio import WriterLock, atomic_path, atomic_write, check_writable_target, os_error_line
+from divconq.scrub import scrub_text, scrub_value
 
 ROLES = ("decomposer", "solver")
 
@@ -78,7 +80,7 @@ def result_row(outcome: Outcome, dataset: str, run_info: dict[str, Any]) -> dict
         scores["lenient"] = max(gsm8k_lenient(response, gold) for gold in example.answers)
     if outcome.error:
         scores = {key: 0.0 for key in scores}  # a question the solver never answered is wrong
-    return {
+    return scrub_value({  # the question, the outputs, the specs and the id may all quote a credential
         "id": example.id,
         "question": example.question,
         "gold": list(example.answers),
@@ -91,7 +93,7 @@ def result_row(outcome: Outcome, dataset: str, run_info: dict[str, Any]) -> dict
         "seconds": round(outcome.seconds, 3),
         "error": outcome.error,
         **run_info,
-    }
+    })
 
 
 def _repair_tail(path: Path) -> None:
@@ -121,10 +123,29 @@ def _repair_tail(path: Path) -> None:
         try:
             json.loads(tail)
         except ValueError:
-            handle.truncate(start)
+            pass
         else:
             handle.seek(0, os.SEEK_END)
             handle.write(b"\n")
+            return
+    _keep_prefix(path, start)
+
+
+def _keep_prefix(path: Path, size: int) -> None:
+    """Rewrite ``path`` as its first ``size`` bytes, through a temporary file: a failure
+    (a full disk) leaves the file as it was, torn line and all, never shorter."""
+    import shutil
+
+    with path.open("rb") as source, atomic_path(path, "results file") as scratch:
+        with open(scratch, "wb") as target:
+            remaining = size
+            while remaining:
+                chunk = source.read(min(remaining, 1 << 20))
+                if not chunk:
+                    break
+                target.write(chunk)
+                remaining -= len(chunk)
+            shutil.copymode(path, scratch)
 
 
 # What makes two runs' rows belong in one results file: the same questions, scored the
@@ -138,7 +159,7 @@ def check_same_run(rows: list[dict[str, Any]], run_info: dict[str, Any], out: Pa
         return
     first = rows[0]
     for key in RUN_IDENTITY:
-        if key in run_info and first.get(key) != run_info[key]:
+        if key in run_info and first.get(key) != scrub_value(run_info[key]):  # rows are written scrubbed
             was = first.get(key, "not recorded")
             raise DivconqError(
                 f"{out} holds results of {key} {was!r}, this run is {key} {run_info[key]!r}: "
@@ -162,26 +183,38 @@ def evaluate(
     ``settings.processes > 1`` needs (see ``run_examples``). Rows are written by this
     process only, one whole line each, as questions finish.
     """
-    out = Path(out)
-    existing = read_results(out)
-    check_same_run(existing, run_info, out)
-    done = {row["id"] for row in existing}
-    excluded = set(exclude_ids)
-    todo = [e for e in examples if e.id not in done and e.id not in excluded]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _repair_tail(out)
-    with out.open("a", encoding="utf-8") as handle:
+    out = check_writable_target(out, "results file")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DivconqError(os_error_line(exc, out)) from None
+    lost: list[str] = []
+    with WriterLock(out, "results file"):  # a second eval on this file would duplicate its rows
+        existing = read_results(out)
+        check_same_run(existing, run_info, out)
+        done = {row["id"] for row in existing}
+        excluded = set(exclude_ids)
+        # Ids are stored scrubbed, so they are compared scrubbed.
+        todo = [e for e in examples if scrub_text(e.id) not in done and e.id not in excluded]
+        _repair_tail(out)
+        try:
+            handle = out.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise DivconqError(os_error_line(exc, out)) from None
+        with handle:
 
-        lost = []
+            def write(outcome: Outcome) -> None:
+                if outcome.transient:  # the server, not the question: left for the rerun to retry
+                    lost.append(outcome.example.id)
+                    return
+                line = json.dumps(result_row(outcome, dataset, run_info)) + "\n"
+                try:
+                    handle.write(line)
+                    handle.flush()
+                except OSError as exc:  # a full disk: stop now; every line before this one is whole
+                    raise OutputWriteError(os_error_line(exc, out) + "; finished rows are kept, rerun to resume") from None
 
-        def write(outcome: Outcome) -> None:
-            if outcome.transient:  # the server, not the question: left for the rerun to retry
-                lost.append(outcome.example.id)
-                return
-            handle.write(json.dumps(result_row(outcome, dataset, run_info)) + "\n")
-            handle.flush()
-
-        run_examples(graph, todo, write, settings=settings, total=len(todo), description=f"eval {dataset}")
+            run_examples(graph, todo, write, settings=settings, total=len(todo), description=f"eval {dataset}")
     if lost:
         print(f"{len(lost)} questions lost to connection errors are not in {out}: rerun to retry them", file=sys.stderr)
     return read_results(out)
@@ -248,6 +281,11 @@ def format_summary(summary: dict[str, Any]) -> str:
 def report(paths: list[str | Path], *, pricing: dict[str, dict[str, float]] | None = None,
            markdown_out: str | Path | None = None, png_out: str | Path | None = None) -> str:
     """Table 1 of the paper for several result files, as Markdown; optionally a score-vs-cost PNG."""
+    for target, what in ((markdown_out, "--markdown file"), (png_out, "--png file")):
+        if target:  # checked before any work, so a bad path costs nothing
+            check_writable_target(target, what)
+    if png_out:
+        plot_format(png_out)
     # Each row is named by its results file ("sd_t.jsonl" -> sd_t): specs with adapter
     # paths and server URLs are too long to tell rows apart at a glance.
     summaries = [{"run": Path(p).stem, **summarise(read_results(p), pricing)} for p in paths]
@@ -266,12 +304,26 @@ def report(paths: list[str | Path], *, pricing: dict[str, dict[str, float]] | No
             f"{dollars(d['dollars_per_q'])} | {dollars(v['dollars_per_q'])} | "
             f"{d['input_tokens_per_q'] + d['output_tokens_per_q']:.0f} | {v['input_tokens_per_q'] + v['output_tokens_per_q']:.0f} |"
         )
-    table = "\n".join(lines)
+    table = scrub_text("\n".join(lines))  # specs can carry credentials (a server URL with a password)
     if markdown_out:
-        Path(markdown_out).write_text(table + "\n")
+        atomic_write(markdown_out, table + "\n", what="--markdown file")
     if png_out:
         _plot(summaries, Path(png_out))
     return table
+
+
+def plot_format(path: str | Path) -> str:
+    """The image format a plot path asks for (its suffix); refused up front if matplotlib has none."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    suffix = Path(path).suffix.lower().lstrip(".")
+    supported = FigureCanvasAgg.get_supported_filetypes()
+    if suffix not in supported:
+        raise DivconqError(f"cannot plot to {path}: name a file ending in one of .{', .'.join(sorted(supported))}")
+    return suffix
 
 
 def _plot(summaries: list[dict[str, Any]], path: Path) -> None:
@@ -286,12 +338,15 @@ def _plot(summaries: list[dict[str, Any]], path: Path) -> None:
         tokens = sum(s["roles"][r]["input_tokens_per_q"] + s["roles"][r]["output_tokens_per_q"] for r in ROLES)
         x = sum(costs) if all(c is not None for c in costs) else tokens
         ax.scatter([x], [s["score"]])
-        ax.annotate(f"{s['run']} ({s['mode']})", (x, s["score"]), fontsize=8,
+        ax.annotate(scrub_text(f"{s['run']} ({s['mode']})"), (x, s["score"]), fontsize=8,
                     xytext=(4, 4), textcoords="offset points")
     priced = all(s["roles"][r]["dollars_per_q"] is not None for s in summaries for r in ROLES)
     ax.set_xlabel("cost per question ($)" if priced else "tokens per question")
     ax.set_ylabel("score")
     ax.set_title("Score against cost")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_path(path, "--png file") as scratch:  # an earlier plot stays whole if this fails
+            fig.savefig(scratch, format=plot_format(path), dpi=120)
+    finally:
+        plt.close(fig)

@@ -28,6 +28,8 @@ from divconq.distill.sft import CONFIG_FILES, SPLITS, build_sft_from_gold, sft_f
 from divconq.distill.train import TrainConfig, train
 from divconq.nodes.parsing import parse_subquestions
 from divconq.nodes.prompts import PROMPT_VERSION
+from divconq.safeio import atomic_write
+from divconq.scrub import scrub_text, scrub_value
 
 TRAINING_IDS_FILE = "training_ids.txt"
 
@@ -119,11 +121,11 @@ def build_data(data_root: Path, work: Path, teacher_store: Path | None, config: 
         }
     totals = {key: sum(s[key] for s in summaries.values()) for key in ("train", "validation")}
     write_card(combined, "divconq SFT data: S_D-R + gold decompositions", "The data of the shipped default adapter.")
-    (combined / "summary.json").write_text(json.dumps({
+    atomic_write(combined / "summary.json", json.dumps(scrub_value({
         "variant": "decomposer", "screen": "gold", "task": "mixed", "paper_name": "S_D-R + gold decompositions",
         "prompt_version": PROMPT_VERSION, "source": "gold+traces" if teacher_store else "gold",
         **totals, "sources": summaries,
-    }, indent=2) + "\n")
+    }), indent=2) + "\n")
     return combined, summaries, ids
 
 
@@ -133,7 +135,7 @@ def build_default_adapter(data_root: Path, out: Path, teacher_store: Path | None
         result = train(data, "default", out, config.train, overwrite=True)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # ship the adapter, not the optimizer state
     (out / "README.md").unlink(missing_ok=True)  # peft's blank model card; recipe.json says what this is
-    (out / TRAINING_IDS_FILE).write_text("\n".join(sorted(ids)) + "\n")
+    atomic_write(out / TRAINING_IDS_FILE, "\n".join(sorted({scrub_text(i) for i in ids})) + "\n")
     record = {
         "command": "python -m divconq.distill.recipe --data ../shared/data"
         + (" --teacher-store TEACHER.db" if teacher_store else ""),
@@ -143,7 +145,7 @@ def build_default_adapter(data_root: Path, out: Path, teacher_store: Path | None
         "train": asdict(config.train),
         "result": result.to_dict(),
     }
-    (out / "recipe.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    atomic_write(out / "recipe.json", json.dumps(scrub_value(record), indent=2, default=str) + "\n")
     return record
 
 

@@ -35,10 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import tempfile
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
@@ -52,6 +49,8 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from divconq.errors import DivconqError
 from divconq.nodes.parsing import NO_DECOMPOSITION, is_no_decomposition, parse_subquestions
 from divconq.nodes.prompts import PromptSet, decompose_messages, get_prompts, solve_messages
+from divconq.safeio import atomic_dir, atomic_write
+from divconq.scrub import scrub_text, scrub_value
 
 __all__ = [
     "SFT_FILES",
@@ -333,7 +332,7 @@ def dataset_card(title: str, splits: Iterable[str], description: str = "") -> st
 def write_card(out_dir: Path, title: str, description: str = "") -> None:
     """Write the dataset card of an SFT dir, naming the splits whose files exist."""
     splits = [split for split in SPLITS if (out_dir / CONFIG_FILES["messages"].format(split=split)).is_file()]
-    (out_dir / CARD_FILE).write_text(dataset_card(title, splits, description), encoding="utf-8")
+    atomic_write(out_dir / CARD_FILE, scrub_text(dataset_card(title, splits, description)), what="dataset card")
 
 
 def _card_description(summary: SftSummary) -> str:
@@ -350,11 +349,13 @@ def _card_description(summary: SftSummary) -> str:
 def _write(
     examples: list[tuple[str, dict[str, Any]]], summary: SftSummary, out_dir: Path, overwrite: bool
 ) -> SftSummary:
-    """Write the jsonl files of the non-empty splits, the card and summary.json into a temp dir,
-    then move it into place."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    """Write the jsonl files of the non-empty splits, the card and summary.json into a scratch
+    dir, then move it into place.
+
+    Every text is scrubbed of credentials on the way out (a teacher prompt may quote one).
+    """
+    _check_out_dir(out_dir, overwrite)  # again: it may have appeared meanwhile
+    with atomic_dir(out_dir, replace_existing=overwrite, what="SFT output dir") as scratch:
         splits = sorted({split for split, _ in examples}, key=SPLITS.index)
         handles = {
             (split, config): open(scratch / pattern.format(split=split), "w", encoding="utf-8")
@@ -363,6 +364,7 @@ def _write(
         }
         try:
             for split, example in examples:
+                example = scrub_value(example)
                 assistant = {"role": "assistant", "content": example["completion"]}
                 messages = {"messages": example["prompt"] + [assistant]}
                 pc = {"prompt": example["prompt"], "completion": [assistant]}
@@ -372,19 +374,8 @@ def _write(
             for handle in handles.values():
                 handle.close()
         write_card(scratch, f"divconq SFT data: {summary.paper_name}", _card_description(summary))
-        (scratch / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) + "\n")
-        if out_dir.exists():
-            _check_out_dir(out_dir, overwrite)  # again: it may have appeared meanwhile
-            shutil.rmtree(out_dir)
-        os.replace(scratch, out_dir)
-    except OSError as exc:
-        shutil.rmtree(scratch, ignore_errors=True)
-        if exc.errno == 28:  # ENOSPC
-            raise DivconqError(f"disk full while writing SFT data to {out_dir}: free space and rerun") from None
-        raise
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
+        text = json.dumps(scrub_value(summary.to_dict()), indent=2, ensure_ascii=False) + "\n"
+        (scratch / SUMMARY_FILE).write_text(text, encoding="utf-8")
     return summary
 
 

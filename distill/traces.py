@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import importlib
 import json
-import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from divconq.errors import DivconqError
+from divconq.scrub import REDACTED, scrub_metadata, scrub_text  # noqa: F401 - re-exported: the store's scrubber
 
 __all__ = [
     "FORMAT",
@@ -114,66 +114,6 @@ def _usage_from_calls(calls: list[TraceCall]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- secrets
 
-REDACTED = "[REDACTED]"
-# Metadata keys that name credentials. "token" only as a whole word, so "max_tokens"
-# and "tokenizer" survive while "hf_token" and "accessToken" do not.
-_SECRET_KEY = re.compile(
-    r"api[_-]?key|authori[sz]ation|secret|passw(?:or)?d|credential|(?:^|[_-])token(?:$|[_-])", re.I
-)
-_SECRET_VALUES = [
-    re.compile(r"\bsk-(?=[A-Za-z0-9_\-]*\d)[A-Za-z0-9_\-]{20,}"),  # OpenAI, Anthropic (sk-ant-...)
-    re.compile(r"\blsv2_(?:pt|sk)_[A-Za-z0-9_]{16,}"),  # LangSmith
-    re.compile(r"\bhf_[A-Za-z0-9]{20,}"),  # Hugging Face
-    re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"),  # GitHub
-    re.compile(r"\b(?:gsk|r8|pplx|xai)[_-][A-Za-z0-9]{20,}"),  # Groq, Replicate, Perplexity, xAI
-    re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"),  # Slack
-    re.compile(r"\bAKIA[0-9A-Z]{16}\b"),  # AWS access key id
-    re.compile(r"\bAIza[0-9A-Za-z_\-]{35}"),  # Google
-    re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=\-]{8,}"),
-    re.compile(r"(?i)\bbasic\s+[A-Za-z0-9+/=]{12,}"),
-]
-# "api_key=..." / "Authorization: ..." / "password: ..." written out in free text.
-_SECRET_ASSIGNMENT = re.compile(
-    r"(?i)\b(api[_-]?key|access[_-]?token|auth[_-]?token|secret|passw(?:or)?d)([\"']?\s*[:=]\s*[\"']?)"
-    r"(?!\[REDACTED\])(?=[^\s\"',;}]*\d|[^\s\"',;}]{20})[^\s\"',;}]{6,}"  # token-like: a digit, or long
-)
-# An Authorization header, whatever its scheme ("Bearer", "Token", "Basic", none).
-_AUTH_HEADER = re.compile(
-    r"(?i)\b(authori[sz]ation)([\"']?\s*[:=]\s*[\"']?)(?!\[REDACTED\])(?:[A-Za-z]+\s+)?[^\s\"',;}]{6,}"
-)
-
-
-def scrub_text(text: str) -> str:
-    """``text`` with anything that looks like a credential replaced by ``[REDACTED]``."""
-    if not text:
-        return text
-    for pattern in _SECRET_VALUES:
-        text = pattern.sub(REDACTED, text)
-    for pattern in (_AUTH_HEADER, _SECRET_ASSIGNMENT):
-        text = pattern.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
-    return text
-
-
-def _is_secret_key(key: str) -> bool:
-    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", str(key))  # accessToken -> access_Token
-    return bool(_SECRET_KEY.search(snake))
-
-
-def _scrub_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return scrub_text(value)
-    if isinstance(value, Mapping):
-        return scrub_metadata(value)
-    if isinstance(value, (list, tuple)):
-        return [_scrub_value(v) for v in value]
-    return value
-
-
-def scrub_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy without credential-named keys (at any depth) and with key-like values redacted."""
-    return {str(k): _scrub_value(v) for k, v in metadata.items() if not _is_secret_key(str(k))}
-
-
 def _scrub_run(run: TraceRun) -> TraceRun:
     def text(value: str | None) -> str | None:
         return scrub_text(value) if isinstance(value, str) else value
@@ -187,11 +127,14 @@ def _scrub_run(run: TraceRun) -> TraceRun:
             messages=[{"role": m["role"], "content": scrub_text(m["content"])} for m in c.messages],
             output=text(c.output),
             model=text(c.model),
+            node=text(c.node),
         )
         for c in run.calls
     ]
     return replace(
         run,
+        example_id=text(run.example_id),  # an id can quote a secret too (one derived from a URL, say)
+        dataset=text(run.dataset),
         question=scrub_text(run.question),
         context=text(run.context),
         gold=texts(run.gold),

@@ -11,6 +11,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from divconq.safeio import atomic_path
+
 
 def _layers(nodes: list[str], edges: list[Any]) -> dict[str, int]:
     """Layer of each node: its longest distance from __start__, ignoring loop-back edges.
@@ -137,6 +139,9 @@ def draw_png(drawable: Any, path: str | Path, title: str = "divconq") -> Path:
     ax.set_title(title)
     ax.axis("off")
     path = Path(path)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_path(path, "PNG file") as scratch:  # an earlier PNG stays whole if this fails
+            fig.savefig(scratch, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
