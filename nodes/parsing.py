@@ -12,6 +12,11 @@ import re
 
 NO_DECOMPOSITION = "No decomposition"
 NO_MORE_SUBQUESTIONS = "No more sub-questions"
+# How much of a reply the parsers read, so a runaway reply costs milliseconds, not
+# seconds: sub-questions come first in a decomposition (16K characters is about 4K
+# tokens, far past any real list of ten), and the final answer comes last in a solution.
+MAX_DECOMPOSITION_CHARS = 16_384
+MAX_SOLUTION_CHARS = 32_768
 
 # A leading label or list marker: "1.", "(2)", "3)", "-", "*", "•", "Q1:", "Sub-question 2:", "Step 3 -".
 _LABEL = re.compile(
@@ -23,7 +28,11 @@ _LABEL = re.compile(
     re.IGNORECASE | re.VERBOSE,
 )
 _BOLD = re.compile(r"\*\*|__|`")
-_INLINE_NUMBERED = re.compile(r"\s+(?=\(?\d{1,2}[.)]\s+\S)")
+# Every pattern here is linear in its input: a repeat that can start anywhere in a run of
+# its characters (`\s+` inside a run of spaces, `^\s*` over blank lines) would rescan the
+# rest of the run from each start, quadratic in the run's length. So whitespace runs are
+# entered only at their first character, and line-start patterns skip only spaces and tabs.
+_INLINE_NUMBERED = re.compile(r"(?<!\s)\s+(?=\(?\d{1,2}[.)]\s+\S)")
 _AFTER_QUESTION_MARK = re.compile(r"(?<=\?)\s+")
 # Text the decomposer adds after a sub-question that is not part of it.
 _TRAILING_ANSWER = re.compile(r"\?\s*(?:answer|a\d*)\s*[:=].*$", re.IGNORECASE)
@@ -34,7 +43,7 @@ _DONE = re.compile(
     re.IGNORECASE,
 )
 _ANSWER_MARKERS = re.compile(
-    r"(?:the\s+)?(?:final\s+)?answer\s+is\s*[:：]?|final\s+answer\s*[:：]|^\s*answer\s*[:：]",
+    r"(?:the\s+)?(?:final\s+)?answer\s+is\s*[:：]?|final\s+answer\s*[:：]|^[^\S\n]*answer\s*[:：]",
     re.IGNORECASE | re.MULTILINE,
 )
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
@@ -45,25 +54,28 @@ def _normalise(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
-def _is_echo(candidate: str, question: str | None) -> bool:
-    """True when the candidate merely repeats the main question."""
-    if not question:
-        return False
-    a, b = _normalise(candidate), _normalise(question)
+def _is_echo(candidate: str, question_key: str) -> bool:
+    """True when the candidate merely repeats the main question (``question_key``: normalised)."""
+    a, b = _normalise(candidate), question_key
     if not a or not b:
         return False
     if a == b:
         return True
     # A full restatement of a long question with small edits is still an echo; the
     # last sentence of a word problem (its actual question) is not.
-    return len(a) > 0.6 * len(b) and difflib.SequenceMatcher(None, a, b).ratio() > 0.9
+    if len(a) <= 0.6 * len(b):
+        return False
+    # ratio() <= quick_ratio() <= real_quick_ratio(): the cheap bounds rule out most
+    # candidates (a long line is never an echo of a short question) before the costly one.
+    matcher = difflib.SequenceMatcher(None, a, b)
+    return matcher.real_quick_ratio() > 0.9 and matcher.quick_ratio() > 0.9 and matcher.ratio() > 0.9
 
 
 def is_no_decomposition(text: str | None) -> bool:
     """True when the decomposer says the question needs no decomposition."""
     if not isinstance(text, str):
         return False
-    stripped = _CODE_FENCE.sub("", text).strip().strip('"*.` ')
+    stripped = _CODE_FENCE.sub("", text[:MAX_DECOMPOSITION_CHARS]).strip().strip('"*.` ')
     if not stripped:
         return False
     # Only when the verdict is the whole reply or its first line: a sub-question list
@@ -115,16 +127,18 @@ def parse_subquestions(
     Handles numbered lists, bullets, "Sub-question 1:" labels, one question per line,
     several questions on one line, surrounding chatter, duplicates and echoes of the
     main ``question``. Returns ``[]`` for "No decomposition" or unusable output.
+    Reads the first ``MAX_DECOMPOSITION_CHARS`` characters.
     """
     if not isinstance(max_subquestions, int) or max_subquestions < 1:
         raise ValueError(f"max_subquestions must be a positive integer, got {max_subquestions!r}")
     if not isinstance(text, str) or is_no_decomposition(text):
         return []
+    question_key = _normalise(question) if question else ""
     found: list[str] = []
     seen: set[str] = set()
-    for body, labelled in _candidate_lines(text):
+    for body, labelled in _candidate_lines(text[:MAX_DECOMPOSITION_CHARS]):
         body = _clean(body)
-        if not _looks_like_subquestion(body, labelled) or _is_echo(body, question):
+        if not _looks_like_subquestion(body, labelled) or _is_echo(body, question_key):
             continue
         key = _normalise(body)
         if key in seen:
@@ -146,7 +160,7 @@ def parse_next_subquestion(
     """
     if not isinstance(text, str):
         return None
-    head = _CODE_FENCE.sub("", text).strip().splitlines()
+    head = _CODE_FENCE.sub("", text[:MAX_DECOMPOSITION_CHARS]).strip().splitlines()
     if head and _DONE.search(head[0]) and "?" not in head[0]:
         return None
     candidates = parse_subquestions(text, max_subquestions=1, question=question)
@@ -160,11 +174,12 @@ def extract_answer(text: str | None) -> str:
     """The final answer in solver output: what follows the last "The answer is".
 
     Falls back to a LaTeX ``\\boxed{}`` value, then to the last non-empty line.
-    Returns ``""`` for empty or non-text output.
+    Returns ``""`` for empty or non-text output. Reads the last ``MAX_SOLUTION_CHARS``
+    characters.
     """
     if not isinstance(text, str):
         return ""
-    text = _BOLD.sub("", text).strip()
+    text = _BOLD.sub("", text[-MAX_SOLUTION_CHARS:]).strip()
     if not text:
         return ""
     markers = list(_ANSWER_MARKERS.finditer(text))
@@ -188,7 +203,7 @@ def extract_answer(text: str | None) -> str:
     return answer.rstrip(".").strip().strip('"\'').strip()
 
 
-_NUMBERED_START = r"(?:^|\n)\s*(?:\*\*)?(?:sub[-\s]?question\s*|q|a|answer\s*|step\s*)?{n}\s*[.):\]]"
+_NUMBERED_START = r"(?:^|\n)[^\S\n]*(?:\*\*)?(?:sub[-\s]?question\s*|q|a|answer\s*|step\s*)?{n}\s*[.):\]]"
 
 
 def split_sub_answers(text: str | None, n: int) -> list[str]:
@@ -197,9 +212,11 @@ def split_sub_answers(text: str | None, n: int) -> list[str]:
     The paper's solver answers all sub-questions in one response; when the model
     numbered them ("1.", "Sub-question 2:", "A3:") the pieces are returned in order,
     otherwise ``[]`` (the whole response stays available as the solution text).
+    Reads the first ``MAX_SOLUTION_CHARS`` characters.
     """
     if not isinstance(text, str) or n < 1:
         return []
+    text = text[:MAX_SOLUTION_CHARS]
     starts: list[tuple[int, int]] = []
     position = 0
     for i in range(1, n + 1):

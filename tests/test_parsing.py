@@ -119,3 +119,23 @@ def test_split_joint_solution_into_sub_answers():
     assert split_sub_answers(text, 3) == ["She uses 3 + 4 = 7 eggs.", "16 - 7 = 9 remain.", "9 * 2 = 18."]
     assert split_sub_answers("Sub-question 1: 7\nSub-question 2: 9\n\nThe answer is: 18", 2) == ["7", "9"]
     assert split_sub_answers("She makes 18 dollars. The answer is: 18", 2) == []
+
+
+def test_the_audit_inputs_parse_to_what_they_hold():
+    # These took 23.5 s, 82 s and 7.6 s in quadratic regexes (bench/parsers.py times them now).
+    assert parse_subquestions("a" + " " * 32000 + "b") == []
+    assert split_sub_answers("a" + "\n" * 32000 + "b", 2) == []
+    assert extract_answer("a" + "\n" * 32000 + "b") == "b"
+
+
+def test_runaway_replies_keep_their_useful_end():
+    from divconq.nodes.parsing import MAX_DECOMPOSITION_CHARS, MAX_SOLUTION_CHARS
+
+    junk = " \n" * (1 << 19)  # a megabyte of whitespace
+    listing = "1. How many eggs remain?\n2. How much money is that?\n"
+    assert parse_subquestions(listing + junk, 3) == ["How many eggs remain?", "How much money is that?"]
+    assert extract_answer("Let me think." + junk + "The answer is: 18") == "18"
+    assert split_sub_answers("1. 9 eggs\n2. 18 dollars\n\n" + junk, 2) == ["9 eggs", "18 dollars"]
+    # What lies past the window is not read: a list that starts after it is not seen.
+    assert parse_subquestions("x" * MAX_DECOMPOSITION_CHARS + "\n" + listing, 3) == []
+    assert extract_answer("The answer is: 18\n" + "y" * MAX_SOLUTION_CHARS) == "y" * MAX_SOLUTION_CHARS
