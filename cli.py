@@ -270,12 +270,13 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from divconq.distill.metrics import score
     from divconq.distill.runner import RunSettings, run_examples
     from divconq.distill.traces import TraceRecorder, TraceStore
+    from divconq.scrub import scrub_text
 
     shard = parse_shard(args.shard)
     examples = [e for e in _load_examples(args) if in_shard(e.id, shard)]
     with TraceStore(args.store) as store:
         done = store.done_example_ids(args.dataset)
-        todo = [e for e in examples if e.id not in done]
+        todo = [e for e in examples if scrub_text(e.id) not in done]  # ids are stored scrubbed
         print(f"{len(examples)} questions, {len(examples) - len(todo)} already in {args.store}, {len(todo)} to run",
               file=sys.stderr)
         graph = graph_for_cli(args)

@@ -27,35 +27,39 @@ _TOKEN_FORMATS: list[tuple[str, str, str]] = [
     # PEM private keys, whole (body and optional END line); a body holds no "-----".
     ("PEM private key", "PRIVATE KEY", r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----(?:[^-]|-(?!----))*"
                         r"(?:-----END [A-Z0-9 ]{0,40}PRIVATE KEY-----)?"),
-    # OpenAI (sk-, sk-proj-), Anthropic (sk-ant-): a digit inside, so "sk-learn" stays.
-    ("OpenAI/Anthropic key", "sk-", r"(?<![A-Za-z0-9_\-])sk-(?=[A-Za-z0-9_\-]*\d)[A-Za-z0-9_\-]{20,}"),
-    ("Stripe key", "_live_|_test_", r"(?<![A-Za-z0-9_])(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{10,}"),
-    ("Stripe webhook secret", "whsec_", r"(?<![A-Za-z0-9_])whsec_[A-Za-z0-9]{16,}"),
-    ("LangSmith key", "lsv2_", r"(?<![A-Za-z0-9_])lsv2_(?:pt|sk)_[A-Za-z0-9_]{16,}"),
-    ("Hugging Face token", "hf_", r"(?<![A-Za-z0-9_])hf_[A-Za-z0-9]{20,}"),
-    ("GitHub token", "gh|github_pat_", r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"),
-    ("GitLab token", "glpat-", r"(?<![A-Za-z0-9_\-])glpat-[A-Za-z0-9_\-]{20,}"),
-    ("Groq/Replicate/Perplexity/xAI key", "gsk|r8|pplx|xai", r"(?<![A-Za-z0-9_\-])(?:gsk|r8|pplx|xai)[_-][A-Za-z0-9]{20,}"),
-    ("Slack token", "xox", r"(?<![A-Za-z0-9_\-])xox[abposr]-[A-Za-z0-9\-]{10,}"),
+    ("Stripe key", "_live_|_test_", r"(?<![A-Za-z0-9])(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{10,}"),
+    ("Stripe webhook secret", "whsec_", r"(?<![A-Za-z0-9])whsec_[A-Za-z0-9]{16,}"),
+    ("LangSmith key", "lsv2_", r"(?<![A-Za-z0-9])lsv2_(?:pt|sk)_[A-Za-z0-9_]{16,}"),
+    ("Hugging Face token", "hf_", r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{20,}"),
+    ("GitHub token", "gh|github_pat_", r"(?<![A-Za-z0-9])(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"),
+    ("GitLab token", "glpat-", r"(?<![A-Za-z0-9])glpat-[A-Za-z0-9_\-]{20,}"),
+    ("Groq/Replicate/Perplexity/xAI key", "gsk|r8|pplx|xai", r"(?<![A-Za-z0-9])(?:gsk|r8|pplx|xai)[_-][A-Za-z0-9]{20,}"),
+    ("Slack token", "xox", r"(?<![A-Za-z0-9])xox[abposr]-[A-Za-z0-9\-]{10,}"),
     ("Slack webhook", "hooks.slack.com", r"https://hooks\.slack\.com/services/[A-Za-z0-9/]{8,}"),
     ("Discord webhook", "/api/webhooks/", r"https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/[0-9]{5,}/[A-Za-z0-9_\-]{10,}"),
     ("AWS access key id", "AKIA|ASIA|AGPA|AIDA|AROA|ANPA", r"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[0-9A-Z]{16}(?![A-Z0-9])"),
-    ("Google API key", "AIza", r"(?<![A-Za-z0-9_\-])AIza[0-9A-Za-z_\-]{35}"),
-    ("Google OAuth token", "ya29.", r"(?<![A-Za-z0-9_\-.])ya29\.[0-9A-Za-z_\-]{20,}"),
-    ("Google OAuth client secret", "GOCSPX-", r"(?<![A-Za-z0-9_\-])GOCSPX-[0-9A-Za-z_\-]{20,}"),
-    ("npm token", "npm_", r"(?<![A-Za-z0-9_])npm_[A-Za-z0-9]{36}"),
-    ("PyPI token", "pypi-AgE", r"(?<![A-Za-z0-9_\-])pypi-AgE[A-Za-z0-9_\-]{50,}"),
-    ("SendGrid key", "SG.", r"(?<![A-Za-z0-9_\-.])SG\.[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]{16,}"),
+    ("Google API key", "AIza", r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_\-]{35}"),
+    ("Google OAuth token", "ya29.", r"(?<![A-Za-z0-9.])ya29\.[0-9A-Za-z_\-]{20,}"),
+    ("Google OAuth client secret", "GOCSPX-", r"(?<![A-Za-z0-9])GOCSPX-[0-9A-Za-z_\-]{20,}"),
+    ("npm token", "npm_", r"(?<![A-Za-z0-9])npm_[A-Za-z0-9]{36}"),
+    ("PyPI token", "pypi-AgE", r"(?<![A-Za-z0-9])pypi-AgE[A-Za-z0-9_\-]{50,}"),
+    ("SendGrid key", "SG.", r"(?<![A-Za-z0-9.])SG\.[A-Za-z0-9_\-]{16,32}\.[A-Za-z0-9_\-]{16,64}"),
     ("Twilio key", "SK", r"(?<![A-Za-z0-9])SK[0-9a-fA-F]{32}(?![A-Za-z0-9])"),
-    ("DigitalOcean token", "_v1_", r"(?<![A-Za-z0-9_])do[por]_v1_[a-f0-9]{64}"),
-    ("Shopify token", "shp", r"(?<![A-Za-z0-9_])shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}"),
+    ("DigitalOcean token", "_v1_", r"(?<![A-Za-z0-9])do[por]_v1_[a-f0-9]{64}"),
+    ("Shopify token", "shp", r"(?<![A-Za-z0-9])shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}"),
     ("Databricks token", "dapi", r"(?<![A-Za-z0-9])dapi[a-f0-9]{32}(?![A-Za-z0-9])"),
     ("Telegram bot token", ":AA", r"(?<![0-9])[0-9]{8,10}:AA[A-Za-z0-9_\-]{33}(?![A-Za-z0-9_\-])"),
-    ("Mailgun key", "key-", r"(?<![A-Za-z0-9\-])key-[0-9a-zA-Z]{32}(?![A-Za-z0-9])"),
-    ("JWT", "eyJ", r"(?<![A-Za-z0-9_\-.])eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*"),
+    ("Mailgun key", "key-", r"(?<![A-Za-z0-9])key-[0-9a-zA-Z]{32}(?![A-Za-z0-9])"),
     ("Bearer token", "bearer", r"(?i)(?<![A-Za-z0-9])bearer\s+[A-Za-z0-9._~+/=\-]{8,}"),
     ("Basic credentials", "basic", r"(?i)(?<![A-Za-z0-9])basic\s+[A-Za-z0-9+/=]{12,}"),
 ]
+# OpenAI (sk-, sk-proj-), Anthropic (sk-ant-): the whole run is taken at once (possessive)
+# and kept when it has no digit, so "sk-learn-is-a-library" stays.
+_OPENAI_KEY = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{20,}+")
+# A JWT: three base64url segments joined by dots, the first from an "eyJ" ('{"' encoded).
+# Maximal runs are taken whole (starts only where a run starts), then split in Python,
+# so a run like "eyJa-eyJa-..." is read once, not once per "eyJ".
+_DOTTED_RUN = re.compile(r"(?<![A-Za-z0-9_\-.])[A-Za-z0-9_\-.]{19,}+")
 # Credentials inside a URL: scheme://user:password@host keeps the scheme and the host.
 _URL_CREDENTIALS = re.compile(r"(?i)(?<![A-Za-z0-9+.\-])([a-z][a-z0-9+.\-]{0,20}://)[^\s/?#@\"'<>]{0,256}:[^\s/?#@\"'<>]{1,256}@")
 # A bare 40-character AWS secret access key: mixed case and digits (hex digests stay).
@@ -89,7 +93,7 @@ _TOKENS = [(tuple(needles.split("|")), pattern.startswith("(?i)"), re.compile(pa
            for _, needles, pattern in _TOKEN_FORMATS]
 # The assignments run only when a keyword is in the lower-cased text.
 _ASSIGNMENT_NEEDLES = ("pass", "pwd", "token", "key", "secret", "credential", "auth", "sig")
-SECRET_FORMATS: tuple[str, ...] = tuple(name for name, _, _ in _TOKEN_FORMATS) + (
+SECRET_FORMATS: tuple[str, ...] = ("OpenAI/Anthropic key", "JWT") + tuple(name for name, _, _ in _TOKEN_FORMATS) + (
     "credentials in a URL", "AWS secret access key", "credential-named assignment or header",
     "Authorization header",
 )
@@ -101,6 +105,23 @@ _SECRET_KEY = re.compile(
     r"|private[_-]?key|(?:^|[_-])token(?:$|[_-])|^(?:x[_-])?auth$|cookie",
     re.I,
 )
+
+
+def _with_digit(match: re.Match[str]) -> str:
+    return REDACTED if any(c.isdigit() for c in match.group(0)) else match.group(0)
+
+
+def _jwt_in_run(match: re.Match[str]) -> str:
+    run = match.group(0)
+    segments = run.split(".")
+    for i in range(len(segments) - 2):
+        start = segments[i].find("eyJ")
+        header = segments[i][start:] if start >= 0 else ""
+        if len(header) >= 8 and len(segments[i + 1]) >= 5 and segments[i + 1].startswith("eyJ"):
+            head = ".".join(segments[:i] + [segments[i][:start]])
+            rest = ".".join(segments[i + 3:])
+            return head + REDACTED + ("." + rest if rest else "")
+    return run
 
 
 def _mixed(match: re.Match[str]) -> str:
@@ -122,6 +143,10 @@ def scrub_text(text: str) -> str:
         haystack = lowered if folded else text
         if any(needle in haystack for needle in needles):
             text = pattern.sub(REDACTED, text)
+    if "sk-" in text:
+        text = _OPENAI_KEY.sub(_with_digit, text)
+    if "eyJ" in text:
+        text = _DOTTED_RUN.sub(_jwt_in_run, text)
     if "://" in text and "@" in text:
         text = _URL_CREDENTIALS.sub(lambda m: m.group(1) + REDACTED + "@", text)
     text = _AWS_SECRET.sub(_mixed, text)

@@ -391,20 +391,23 @@ class TraceStore:
 
     def has_example(self, dataset: str, example_id: str, status: str | None = "ok") -> bool:
         """Whether this example has a run (by default a finished one: errors are retried)."""
-        with self._lock:
+        with self._lock:  # ids and dataset names are stored scrubbed, so they are looked up scrubbed
             row = self._db.execute(
                 "SELECT 1 FROM runs WHERE dataset = ? AND example_id = ? AND (? IS NULL OR status = ?) LIMIT 1",
-                (dataset, str(example_id), status, status),
+                (scrub_text(dataset), scrub_text(str(example_id)), status, status),
             ).fetchone()
         return row is not None
 
     def done_example_ids(self, dataset: str, status: str | None = "ok") -> set[str]:
-        """Example ids of ``dataset`` with a run, to skip when resuming a collection."""
+        """Example ids of ``dataset`` with a run, to skip when resuming a collection.
+
+        Ids are stored scrubbed of credentials: compare ``scrub_text(id)`` against them.
+        """
         with self._lock:
             rows = self._db.execute(
                 "SELECT DISTINCT example_id FROM runs WHERE dataset = ? AND example_id IS NOT NULL "
                 "AND (? IS NULL OR status = ?)",
-                (dataset, status, status),
+                (scrub_text(dataset), status, status),
             ).fetchall()
         return {row[0] for row in rows}
 
