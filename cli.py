@@ -209,6 +209,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from divconq.distill.evaluate import evaluate, format_summary, load_pricing, summarise
     from divconq.distill.runner import RunSettings
     from divconq.distill.slices import check_disjoint, read_slice, select
+    from divconq.safeio import WriterLock, check_writable_target
     from divconq.scrub import scrub_text
 
     # Training ids go first, then the limit: --limit N scores N questions no adapter saw.
@@ -228,16 +229,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
                     if e.id not in excluded and scrub_text(e.id) not in excluded]
     examples = examples[: args.limit] if args.limit else examples
     pricing = load_pricing(args.pricing)
-    # Worker processes each build their own graph (a compiled graph cannot cross a process).
-    graph = functools.partial(graph_for_cli, args) if args.processes > 1 else graph_for_cli(args)
     for item in args.price_as or []:
         role, _, key = item.partition("=")
         if role not in ("decomposer", "solver") or key not in pricing:
             raise DivconqError(f"--price-as {item!r}: use decomposer=KEY or solver=KEY with a key of the pricing table")
         run_info[f"{role}_price_key"] = key
     settings = RunSettings(concurrency=args.concurrency, processes=args.processes, progress=not args.json)
-    rows = evaluate(graph, examples, dataset=args.dataset, out=args.out, run_info=run_info, settings=settings,
-                    exclude_ids=excluded)
+    # A second eval on this results file is refused now, before any model is loaded.
+    with WriterLock(check_writable_target(args.out, "--out"), "results file"):
+        # Worker processes each build their own graph (a compiled graph cannot cross a process).
+        graph = functools.partial(graph_for_cli, args) if args.processes > 1 else graph_for_cli(args)
+        rows = evaluate(graph, examples, dataset=args.dataset, out=args.out, run_info=run_info, settings=settings,
+                        exclude_ids=excluded)
     summary = summarise(rows, pricing)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
@@ -289,6 +292,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
         stats = run_examples(graph, todo, lambda outcome: None, config_for=config_for, total=len(todo),
                              settings=RunSettings(concurrency=args.concurrency), description=f"collect {args.dataset}")
         print(f"collected {stats.finished} runs ({stats.failed} failed) into {args.store}", file=sys.stderr)
+    if todo and not stats.finished:
+        raise DivconqError(f"all {len(todo)} questions failed (first: {stats.errors[0]}): fix the cause (the model "
+                           f"spec, the server, the data) and rerun; {args.store} keeps one error run per question")
     return 0
 
 
@@ -297,8 +303,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from divconq.distill.traces import TraceStore, format_run_tree, import_langsmith_runs
 
     if args.trace_command == "show":
-        with TraceStore(args.store, readonly=True) as store:
-            run = store.get_run(args.id) if args.id else next(store.runs(status=None), None)
+        with TraceStore(args.store, readonly=True) as store:  # a finished run first, an error run if none
+            run = store.get_run(args.id) if args.id else next(store.runs(), None) or next(store.runs(status=None), None)
             if run is None:
                 raise DivconqError(f"no run {args.id or ''} in {args.store}: list the run ids with divconq trace list {args.store}".replace("  ", " "))
             print(format_run_tree(run))
@@ -309,12 +315,16 @@ def cmd_trace(args: argparse.Namespace) -> int:
                 print(f"{run.run_id}  {run.status:<5} {run.dataset or '-'}:{run.example_id or '-'}  {run.question[:70]}")
         return 0
     if args.trace_command == "merge":
+        for other in args.sources:  # every source is opened and checked before the target is created
+            TraceStore(other, readonly=True).close()
         with TraceStore(args.store) as store:
             for other in args.sources:
                 added = store.merge_from(other)
                 print(f"{other}: {added} runs added", file=sys.stderr)
             print(f"{args.store}: {store.count()} runs", file=sys.stderr)
         return 0
+    if not Path(args.jsonl).is_file():  # checked before the store is created
+        raise DivconqError(f"no LangSmith export at {args.jsonl}: pass a file of runs saved one JSON object a line")
     with TraceStore(args.store) as store:  # import
         added = import_langsmith_runs(args.jsonl, store)
         print(f"imported {added} runs from {args.jsonl} into {args.store}", file=sys.stderr)

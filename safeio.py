@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -165,19 +166,38 @@ class WriterLock:
 
     ``flock`` is released by the kernel when the process dies, so a killed run never
     leaves a stale lock; the file only carries the holder's PID for the message. Taking
-    the lock never waits: a second writer is refused at once.
+    the lock never waits: a second writer is refused at once. Within one process the
+    lock is re-entrant (the CLI takes it before loading models, the writer again).
     """
+
+    _held: dict[str, list[int]] = {}  # lock path -> [descriptor, holders] in this process
+    _guard = threading.Lock()
 
     def __init__(self, path: str | Path, what: str = "file") -> None:
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.what = what
-        self._fd: int | None = None
+        self._key = os.path.abspath(self.lock_path)
+        self._holding = False
 
     def acquire(self) -> WriterLock:
+        with self._guard:
+            if self._holding:
+                return self
+            if self._key in self._held:
+                self._held[self._key][1] += 1
+            else:
+                fd = self._lock()
+                if fd is not None:
+                    self._held[self._key] = [fd, 1]
+            self._holding = True
+        return self
+
+    def _lock(self) -> int | None:
         import fcntl
 
         try:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
             raise DivconqError(os_error_line(exc, self.lock_path, "create the lock file")) from None
@@ -189,20 +209,27 @@ class WriterLock:
             who = f"process {holder}" if holder else "another process"
             raise DivconqError(
                 f"{self.what} {self.path} is being written by {who} (lock {self.lock_path}): wait for it to "
-                "finish or stop it, or write to another file; two writers would duplicate rows"
+                "finish or stop it, or write to another file; two writers would duplicate its rows"
             ) from None
         except OSError:  # a filesystem without flock: go on unlocked rather than refuse all work
             os.close(fd)
-            return self
+            return None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return self
+        return fd
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases the flock
-            self._fd = None
+        with self._guard:
+            if not self._holding:
+                return
+            self._holding = False
+            held = self._held.get(self._key)
+            if held is None:
+                return
+            held[1] -= 1
+            if held[1] == 0:
+                del self._held[self._key]
+                os.close(held[0])  # closing the descriptor releases the flock
 
     def __enter__(self) -> WriterLock:
         return self.acquire()

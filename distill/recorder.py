@@ -10,6 +10,7 @@ with ``langsmith.import_langsmith_runs``, so an imported run looks like a record
 
 from __future__ import annotations
 
+import logging
 import re
 import string
 import threading
@@ -36,6 +37,17 @@ from divconq.distill.traces import (
 )
 
 __all__ = ["TraceRecorder", "exact_match", "is_divconq_task"]
+
+
+class _OwnWriteErrors(logging.Filter):
+    """LangChain logs every callback error before re-raising it; a store that cannot be
+    written is reported once, by the command that stops on it, not once per question."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(isinstance(arg, str) and arg.startswith("OutputWriteError(") for arg in record.args or ())
+
+
+logging.getLogger("langchain_core.callbacks.manager").addFilter(_OwnWriteErrors())
 
 
 # --------------------------------------------------------------------------- answers

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Iterator
 from langchain_core.runnables import RunnableConfig
 
 from divconq.distill.datasets import Example
-from divconq.errors import DivconqError
+from divconq.errors import DivconqError, OutputWriteError
 from divconq.nodes.nodes import is_transient_error
 
 
@@ -80,6 +80,8 @@ def _run_one(
         try:
             output = graph.invoke({"question": example.question, "context": example.context}, config)
             return Outcome(example, output, None, time.perf_counter() - started)
+        except OutputWriteError:
+            raise  # the store or results file cannot be written: no later question could be saved
         except Exception as exc:  # one bad question must not stop the run
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
             if is_transient_error(exc) and attempt < settings.retries:
@@ -194,7 +196,12 @@ def _run_in_threads(graph: Any, source: Iterator[Example], config_for: Callable[
                 break
             future = finished.get()
             pending.discard(future)
-            tally.add(future.result())
+            try:
+                tally.add(future.result())
+            except OutputWriteError:
+                for waiting in pending:  # nothing more can be saved: start no other question
+                    waiting.cancel()
+                raise
             if tally.server_gone:
                 # Stop feeding; drop what has not started; keep what is in flight.
                 for future in list(pending):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from divconq.errors import DivconqError
+from divconq.errors import DivconqError, OutputWriteError
+from divconq.safeio import WriterLock, os_error_line
 from divconq.scrub import REDACTED, scrub_metadata, scrub_text  # noqa: F401 - re-exported: the store's scrubber
 
 __all__ = [
@@ -209,45 +211,136 @@ def _call_from_row(row: sqlite3.Row) -> TraceCall:
     return TraceCall(**values)
 
 
+QUICK_CHECK_SECONDS = 10.0  # the integrity check on open stops here: a huge store is not checked whole
+
+
+def check_integrity(db: sqlite3.Connection, path: Path, seconds: float = QUICK_CHECK_SECONDS) -> None:
+    """``PRAGMA quick_check`` with a time limit: a damaged store is refused before it is used.
+
+    A check that runs out of time (a store of many gigabytes) is not an error: it is noted
+    on stderr and the store is used, as before this check existed.
+    """
+    import time
+
+    deadline = time.monotonic() + seconds
+    db.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 1000)
+    try:
+        problems = [row[0] for row in db.execute("PRAGMA quick_check(3)").fetchall()]
+    except sqlite3.OperationalError as exc:
+        if "interrupted" not in str(exc):
+            raise  # cannot read or lock it (read-only, busy): the caller says which
+        logging.getLogger("divconq").warning("integrity check of %s stopped after %.0f s; using it unchecked", path, seconds)
+        return
+    except sqlite3.DatabaseError as exc:  # SQLITE_CORRUPT, SQLITE_NOTADB
+        raise DivconqError(_damaged(path, str(exc))) from None
+    finally:
+        db.set_progress_handler(None, 0)
+    if problems != ["ok"]:
+        raise DivconqError(_damaged(path, "; ".join(problems)[:300]))
+
+
+def _damaged(path: Path, detail: str) -> str:
+    return (f"trace store {path} is damaged ({detail}): restore it from a copy, or save what is readable with "
+            f"`sqlite3 {path} .recover | sqlite3 recovered.db` and use that")
+
+
 class TraceStore:
     """A SQLite file of traced runs.
 
-    WAL mode lets analysis read while a collection writes (several processes may
-    write too); each ``write_run`` is one transaction, so the file is always a set
-    of complete runs. A file that is not a trace store is refused and never touched.
-    Thread-safe: one connection behind a lock.
+    WAL mode lets analysis read while a collection writes; each ``write_run`` is one
+    transaction, so the file is always a set of complete runs. One process writes a
+    store at a time (``<store>.lock``): a second writer is refused, naming the first, since
+    two collections would run and keep every question twice. Opening checks the file is
+    ours and whole (``PRAGMA quick_check``, bounded in time) before anything is written;
+    a store that cannot be written (a read-only filesystem) still opens ``readonly``,
+    through SQLite's immutable mode when its directory cannot hold the WAL index. A file
+    that is not a trace store is refused and never touched. Thread-safe: one connection
+    behind a lock.
     """
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
         self.readonly = readonly
         self._lock = threading.RLock()
+        self._writer: WriterLock | None = None
+        self._immutable = False
         fresh = self._check_ours()
         if readonly and fresh:
             raise DivconqError(f"{self.path} holds no traces: collect some first, or check the path")
+        if not readonly:
+            self._make_parent()
+            self._writer = WriterLock(self.path, "trace store").acquire()
         try:
-            if readonly:
-                self._db = sqlite3.connect(self._ro_uri(), uri=True, check_same_thread=False, isolation_level=None)
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db = self._connect()
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA busy_timeout = 10000")
             self._db.execute("PRAGMA foreign_keys = ON")
+            if not fresh:
+                check_integrity(self._db, self.path)
             if not readonly:
                 self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.execute("PRAGMA synchronous = FULL")
+                self._db.execute("BEGIN IMMEDIATE")  # fails now, not after a model call, if it cannot be written
+                self._db.execute("ROLLBACK")
                 if fresh:
                     self._create_schema()
-        except sqlite3.Error as exc:
-            raise DivconqError(
-                f"cannot open trace store {self.path}: {exc}; check the path and its permissions"
-            ) from exc
+        except (sqlite3.Error, DivconqError) as exc:
+            self._abandon()
+            if isinstance(exc, DivconqError):
+                raise
+            raise DivconqError(self._cannot("open" if readonly else "write", exc)) from None
 
     # -- opening
 
-    def _ro_uri(self) -> str:
-        return self.path.resolve().as_uri() + "?mode=ro"
+    def _make_parent(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DivconqError(os_error_line(exc, self.path, "create the trace store")) from None
+
+    def _cannot(self, doing: str, exc: sqlite3.Error) -> str:
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        if "READONLY" in name or "readonly" in str(exc):
+            fix = "it is read-only here (file, folder or filesystem): copy it somewhere writable, or pass a new path"
+        elif "CANTOPEN" in name or "unable to open" in str(exc):
+            fix = "check the path and its permissions"
+        elif "FULL" in name or "disk is full" in str(exc):
+            fix = "the disk is full: free some space and rerun"
+        else:
+            fix = "check the path and its permissions"
+        return f"cannot {doing} trace store {self.path} ({exc}): {fix}"
+
+    def _abandon(self) -> None:
+        db = getattr(self, "_db", None)
+        if db is not None:
+            db.close()
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+    def _uri(self, immutable: bool) -> str:
+        # immutable=1: read without the WAL index (-shm), which a read-only folder cannot hold.
+        return self.path.resolve().as_uri() + ("?mode=ro&immutable=1" if immutable else "?mode=ro")
+
+    def _connect_readonly(self, *, probe: bool = False) -> sqlite3.Connection:
+        """A read-only connection; through immutable mode when plain read-only cannot open."""
+        options: dict[str, Any] = {"uri": True} if probe else {"uri": True, "check_same_thread": False,
+                                                               "isolation_level": None}
+        try:
+            db = sqlite3.connect(self._uri(self._immutable), **options)
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError as exc:
+            name = getattr(exc, "sqlite_errorname", "") or ""
+            if self._immutable or not ("READONLY" in name or "CANTOPEN" in name):
+                raise
+        self._immutable = True
+        return sqlite3.connect(self._uri(True), **options)
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            return self._connect_readonly()
+        return sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
 
     def _not_ours(self, why: str) -> DivconqError:
         return DivconqError(
@@ -262,12 +355,15 @@ class TraceStore:
             return True
         if self.path.is_dir():
             raise self._not_ours("it is a directory")
-        with self.path.open("rb") as handle:
-            header = handle.read(len(_SQLITE_HEADER))
+        try:
+            with self.path.open("rb") as handle:
+                header = handle.read(len(_SQLITE_HEADER))
+        except OSError as exc:
+            raise DivconqError(os_error_line(exc, self.path, "read the trace store")) from None
         if header and header != _SQLITE_HEADER:
             raise self._not_ours("not an SQLite database")
         try:
-            probe = sqlite3.connect(self._ro_uri(), uri=True)
+            probe = self._connect_readonly(probe=True)
             try:
                 probe.execute("PRAGMA busy_timeout = 10000")
                 tables = {r[0] for r in probe.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -278,8 +374,10 @@ class TraceStore:
                 meta = dict(probe.execute("SELECT key, value FROM meta").fetchall())
             finally:
                 probe.close()
+        except sqlite3.OperationalError as exc:
+            raise DivconqError(self._cannot("read", exc)) from None
         except sqlite3.DatabaseError as exc:
-            raise self._not_ours(f"unreadable or corrupt SQLite file: {exc}") from exc
+            raise self._not_ours(f"unreadable or corrupt SQLite file: {exc}") from None
         if meta.get("format") != FORMAT:
             raise self._not_ours(f"its meta format is {meta.get('format')!r}, not {FORMAT!r}")
         if meta.get("schema_version") != SCHEMA_VERSION:
@@ -300,15 +398,32 @@ class TraceStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE ... COMMIT under the lock: all of it is written, or none."""
+        """BEGIN IMMEDIATE ... COMMIT under the lock: all of it is written, or none.
+
+        A failed write (a full disk, a store gone read-only) raises ``OutputWriteError``,
+        which stops a collection instead of failing each remaining question in turn.
+        """
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise OutputWriteError(self._cannot("write", exc) + "; every run written before is kept") from None
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Under the lock; a page found damaged while reading is one clear error."""
+        with self._lock:
             try:
                 yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                raise DivconqError(_damaged(self.path, str(exc))) from None
 
     # -- writing
 
@@ -318,7 +433,18 @@ class TraceStore:
             self._insert(run)
 
     def _insert(self, run: TraceRun) -> None:
+        """One row per question: a run of an example replaces its earlier error runs (the
+        attempts a retry made), and an error run is not kept beside a finished one."""
         run = _scrub_run(run)
+        if run.dataset is not None and run.example_id is not None:
+            key = (run.dataset, run.example_id, run.run_id)
+            if run.status != "ok" and self._db.execute(
+                "SELECT 1 FROM runs WHERE dataset = ? AND example_id = ? AND run_id != ? AND status = 'ok'", key
+            ).fetchone():
+                return
+            superseded = "SELECT run_id FROM runs WHERE dataset = ? AND example_id = ? AND run_id != ? AND status != 'ok'"
+            self._db.execute(f"DELETE FROM calls WHERE run_id IN ({superseded})", key)
+            self._db.execute(f"DELETE FROM runs WHERE run_id IN ({superseded})", key)
         self._db.execute("DELETE FROM calls WHERE run_id = ?", (run.run_id,))
         marks = ", ".join("?" * len(_RUN_COLUMNS))
         self._db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES ({marks})", _run_row(run))
@@ -373,7 +499,7 @@ class TraceStore:
         """Runs in the order they were written, with their calls; ``status=None`` for all."""
         last = 0
         while True:
-            with self._lock:
+            with self._reading():
                 rows = self._db.execute(
                     "SELECT rowid, * FROM runs WHERE rowid > ? AND (? IS NULL OR status = ?) ORDER BY rowid LIMIT ?",
                     (last, status, status, _PAGE),
@@ -385,13 +511,13 @@ class TraceStore:
             last = rows[-1]["rowid"]
 
     def get_run(self, run_id: str) -> TraceRun | None:
-        with self._lock:
+        with self._reading():
             row = self._db.execute("SELECT * FROM runs WHERE run_id = ?", (str(run_id),)).fetchone()
             return None if row is None else _run_from_row(row, self._calls([row["run_id"]])[row["run_id"]])
 
     def has_example(self, dataset: str, example_id: str, status: str | None = "ok") -> bool:
         """Whether this example has a run (by default a finished one: errors are retried)."""
-        with self._lock:  # ids and dataset names are stored scrubbed, so they are looked up scrubbed
+        with self._reading():  # ids and dataset names are stored scrubbed, so they are looked up scrubbed
             row = self._db.execute(
                 "SELECT 1 FROM runs WHERE dataset = ? AND example_id = ? AND (? IS NULL OR status = ?) LIMIT 1",
                 (scrub_text(dataset), scrub_text(str(example_id)), status, status),
@@ -403,7 +529,7 @@ class TraceStore:
 
         Ids are stored scrubbed of credentials: compare ``scrub_text(id)`` against them.
         """
-        with self._lock:
+        with self._reading():
             rows = self._db.execute(
                 "SELECT DISTINCT example_id FROM runs WHERE dataset = ? AND example_id IS NOT NULL "
                 "AND (? IS NULL OR status = ?)",
@@ -413,13 +539,16 @@ class TraceStore:
 
     def count(self, status: str | None = None) -> int:
         """How many runs (of ``status``, or all)."""
-        with self._lock:
+        with self._reading():
             row = self._db.execute("SELECT count(*) FROM runs WHERE ? IS NULL OR status = ?", (status, status))
             return int(row.fetchone()[0])
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._writer is not None:
+                self._writer.release()
+                self._writer = None
 
     def __enter__(self) -> TraceStore:
         return self

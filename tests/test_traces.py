@@ -421,11 +421,12 @@ def test_merge_dedupes_by_run_id_and_example(tmp_path):
         b.write_run(_run("b3", example_id="3"))  # new: added
         b.write_run(_run("a1", example_id="99"))  # run_id already in a: skipped
         b.write_run(_run("b5", dataset=None))  # no example key: added
-        b.write_run(_run("b6", example_id="1", status="error"))  # error for a known example: skipped
+        b.write_run(_run("b6", example_id="1", status="error"))  # error for a finished example: not kept
     with TraceStore(tmp_path / "a.db") as a:
         assert a.merge_from(tmp_path / "b.db") == 3
         assert a.merge_from(tmp_path / "b.db") == 0 and a.merge_from(tmp_path / "a.db") == 0
-        assert {r.run_id for r in a.runs(status=None)} == {"a1", "a2", "b2", "b3", "b5"}
+        # One row per question: b's finished run of example 2 replaced a's error run of it.
+        assert {r.run_id for r in a.runs(status=None)} == {"a1", "b2", "b3", "b5"}
         assert a.get_run("a1").example_id == "1" and len(a.get_run("b3").calls) == 1
         with pytest.raises(DivconqError, match="no trace store"):
             a.merge_from(tmp_path / "missing.db")
