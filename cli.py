@@ -19,7 +19,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from divconq.contract import MODES, SOLVE_STRATEGIES, TASKS, VARIANTS
+from divconq.argcheck import OneLineParser, fraction, int_between, positive_float, positive_int
+from divconq.contract import DEFAULT_TIMEOUT_SECONDS, MAX_CAP, MODES, SOLVE_STRATEGIES, TASKS, VARIANTS
 from divconq.errors import DivconqError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -31,6 +32,16 @@ def command(name: str) -> Callable:
         return fn
 
     return register
+
+
+def _check_text(text: str, what: str) -> None:
+    """Refuse text that cannot be sent anywhere: bytes that were not UTF-8 (kept by Python as
+    lone surrogates) fail in the tokenizer or the HTTP client, far from their cause."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DivconqError(f"{what} holds characters that are not valid UTF-8 (at position {exc.start}): "
+                           "pass it as UTF-8 text") from None
 
 
 def _read_context(path: str | None) -> str | None:
@@ -48,8 +59,9 @@ def graph_for_cli(args: argparse.Namespace) -> Any:
     from divconq.graph import build_graph
     from divconq.nodes import load_chat_model
 
-    decomposer = load_chat_model(args.decomposer, role="decomposer", max_new_tokens=args.max_new_tokens)
-    solver = load_chat_model(args.solver, role="solver", max_new_tokens=args.max_new_tokens)
+    decomposer = load_chat_model(args.decomposer, role="decomposer", max_new_tokens=args.max_new_tokens,
+                                 timeout=args.timeout)
+    solver = load_chat_model(args.solver, role="solver", max_new_tokens=args.max_new_tokens, timeout=args.timeout)
     return build_graph(
         decomposer, solver, mode=args.mode, solve=args.solve, prompts=prompts_for_cli(args),
         max_subquestions=args.max_subquestions,
@@ -96,6 +108,7 @@ def format_result(result: dict[str, Any]) -> str:
 def cmd_ask(args: argparse.Namespace) -> int:
     if not args.question.strip():
         raise DivconqError('the question is empty: run divconq ask "<your question>"')
+    _check_text(args.question, "the question")
     context = _read_context(args.context)
     graph = graph_for_cli(args)
     inputs = {"question": args.question, "context": context}
@@ -217,16 +230,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     prompts = prompts_for_cli(args)  # checked before any model loads
     run_info = {"dataset": args.dataset, "decomposer": args.decomposer, "solver": args.solver, "mode": args.mode,
                 "prompts": prompts.name, "prompt_version": prompts.version}
+    every = load_dataset(args.dataset, args.data)
     if args.slice:
         # A fixed slice: the same questions for every row, so rows compare question by question.
         slice_ = read_slice(args.slice)
         check_disjoint(slice_, excluded, args.exclude_ids or "the shipped default adapter")
-        examples = select(load_dataset(args.dataset, args.data), slice_)
+        examples = select(every, slice_)
         run_info["slice"] = slice_.key
     else:
         # An id file holds ids as written (scrubbed, like every file divconq writes).
-        examples = [e for e in load_dataset(args.dataset, args.data)
-                    if e.id not in excluded and scrub_text(e.id) not in excluded]
+        examples = [e for e in every if e.id not in excluded and scrub_text(e.id) not in excluded]
+    if every and not examples:
+        raise DivconqError(f"every question of {args.data} is excluded ({len(excluded)} ids from "
+                           f"{args.exclude_ids or 'the shipped adapter training_ids.txt'}): pass another --data or --exclude-ids")
     examples = examples[: args.limit] if args.limit else examples
     pricing = load_pricing(args.pricing)
     for item in args.price_as or []:
@@ -430,15 +446,16 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="prompt wording: ours (step-by-step single stage), the paper's (direct answer of at "
                         "most five words single stage, its decomposition and solver prompts), or a JSON file "
                         "with every PromptSet field (default: %(default)s)")
-    parser.add_argument("--max-subquestions", type=int, default=3, metavar="N",
-                        help="cap on static sub-questions, 1 to 10 (default: %(default)s, the paper's best)")
-    parser.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
+    parser.add_argument("--max-subquestions", type=int_between(1, MAX_CAP), default=3, metavar="N",
+                        help=f"cap on static sub-questions, 1 to {MAX_CAP} (default: %(default)s, the paper's best)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=256, metavar="N",
                         help="cap on tokens per model reply (default: %(default)s)")
+    parser.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_SECONDS, metavar="SECONDS",
+                        help="seconds an API model may take per request before it is retried (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="divconq", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="divconq", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show the libraries' warnings and weight-loading bars (quiet by default)")
@@ -458,9 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", required=True, help="gsm8k, drop, bamboogle, strategyqa, hotpotqa or jsonl")
     evaluate.add_argument("--data", required=True, metavar="FILE", help="the dataset's JSONL file")
     evaluate.add_argument("--out", required=True, metavar="RESULTS.jsonl", help="appended to; finished ids are skipped")
-    evaluate.add_argument("--limit", type=int, metavar="N", help="score the first N questions (after leaving out training ids)")
-    evaluate.add_argument("--concurrency", type=int, default=4, metavar="K", help="questions in flight (default: %(default)s)")
-    evaluate.add_argument("--processes", type=int, default=1,
+    evaluate.add_argument("--limit", type=positive_int, metavar="N",
+                          help="score the first N questions (after leaving out training ids)")
+    evaluate.add_argument("--concurrency", type=positive_int, default=4, metavar="K",
+                          help="questions in flight (default: %(default)s)")
+    evaluate.add_argument("--processes", type=positive_int, default=1,
                           help="worker processes sharing the concurrency (API models only: spreads client work over cores)")
     evaluate.add_argument("--pricing", metavar="FILE", help='JSON {"spec": {"input": $/1K, "output": $/1K}}')
     evaluate.add_argument("--price-as", action="append", metavar="ROLE=KEY", help="price a role as a pricing-table key")
@@ -475,8 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--dataset", required=True, help="gsm8k, drop, bamboogle, strategyqa, hotpotqa or jsonl")
     collect.add_argument("--data", required=True, metavar="FILE", help="the dataset's JSONL file")
     collect.add_argument("--store", required=True, metavar="TRACES.db", help="SQLite trace store (created, or resumed)")
-    collect.add_argument("--limit", type=int, metavar="N", help="run the first N questions")
-    collect.add_argument("--concurrency", type=int, default=4, metavar="K", help="questions in flight (default: %(default)s)")
+    collect.add_argument("--limit", type=positive_int, metavar="N", help="run the first N questions")
+    collect.add_argument("--concurrency", type=positive_int, default=4, metavar="K",
+                         help="questions in flight (default: %(default)s)")
     collect.add_argument("--shard", metavar="I/N", help="take only shard I of N (by a hash of the question id)")
     _add_model_args(collect)
 
@@ -490,8 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--gold-dataset", default="gsm8k", help="the dataset name of --gold-data")
     sft.add_argument("--out", required=True, metavar="DIR", help="output dir; loads with datasets.load_dataset(DIR)")
     sft.add_argument("--task", default="math", choices=TASKS, help="prompt variant the examples are written in")
-    sft.add_argument("--max-subquestions", type=int, default=3, metavar="N", help="the cap the prompts promise (default: %(default)s)")
-    sft.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+    sft.add_argument("--max-subquestions", type=int_between(1, MAX_CAP), default=3, metavar="N",
+                     help="the cap the prompts promise (default: %(default)s)")
+    sft.add_argument("--val-fraction", type=fraction, default=0.1, metavar="F",
                      help="share of questions in the validation split, by a hash of the question (default: %(default)s)")
     sft.add_argument("--drop-no-decomposition", action="store_true",
                      help="leave out runs whose decomposer answered 'No decomposition'")
@@ -557,12 +578,27 @@ def main(argv: list[str] | None = None) -> int:
     except DivconqError as exc:
         print(f"divconq: error: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
-        print(f"divconq: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("divconq: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        line = _error_line(exc, args)
+        if line is None:
+            raise  # a bug: the traceback is what a report needs
+        print(f"divconq: error: {line}", file=sys.stderr)
+        return 2
+
+
+def _error_line(exc: Exception, args: argparse.Namespace) -> str | None:
+    """One line for a failure that is not a bug: a model call that failed after its retries
+    (a hung or unreachable server, a refused key), or a path that cannot be used."""
+    from divconq.nodes.models import describe_model_error
+    from divconq.safeio import os_error_line
+
+    line = describe_model_error(exc, getattr(args, "timeout", None))
+    if line is None and isinstance(exc, OSError):
+        line = os_error_line(exc, doing="use")
+    return line
 
 
 def run_step(argv: list[str]) -> None:

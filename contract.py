@@ -33,3 +33,13 @@ ROUTES: tuple[Route, ...] = get_args(Route)
 SOLVE_STRATEGIES: tuple[Solve, ...] = get_args(Solve)
 TASKS: tuple[Task, ...] = get_args(Task)
 VARIANTS: tuple[Variant, ...] = get_args(Variant)
+
+# Every step of a run is bounded by the caps (max_subquestions, max_rounds); this keeps the
+# worst case (2 steps per dynamic round plus three) under LangGraph's default recursion limit of 25.
+MAX_CAP = 10
+
+# Seconds an API model may take to answer one request before it counts as a transient
+# error (retried by the graph's RetryPolicy, then reported): a server that accepts the
+# connection and never answers must not hang a run. Long enough for a CPU model to write
+# 256 tokens; `--timeout` and build_graph(timeout=) change it.
+DEFAULT_TIMEOUT_SECONDS = 120.0

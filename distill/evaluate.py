@@ -51,22 +51,50 @@ def load_pricing(path: str | Path | None) -> dict[str, dict[str, float]]:
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """The result lines of a results file; a torn last line (a killed run) is ignored."""
+    """The result lines of a results file; a torn last line (a killed run) is ignored.
+
+    Anything else that is not a row ``divconq eval`` wrote (a JSON list, a row without an
+    id, a binary file, a directory) is refused with the file and line, before it is used.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.is_dir():
+        raise DivconqError(f"results file {path} is a directory: pass the .jsonl file divconq eval wrote")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DivconqError(f"{path} is not a divconq results file (not UTF-8 text): pass the .jsonl file divconq eval wrote") from None
+    except OSError as exc:
+        raise DivconqError(os_error_line(exc, path, "read")) from None
     rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as exc:
             if number == len(lines):
                 break  # the line being written when the run was killed
-            raise DivconqError(f"{path} line {number} is not JSON ({exc.msg}): is this a divconq results file?") from exc
+            raise DivconqError(f"{path} line {number} is not JSON ({exc.msg}): is this a divconq results file?") from None
+        rows.append(_check_row(row, path, number))
     return rows
+
+
+def _check_row(row: Any, path: Path, number: int) -> dict[str, Any]:
+    """A results row as ``result_row`` writes it: the fields ``summarise`` reads, typed."""
+    problem = None
+    if not isinstance(row, dict):
+        problem = f"a JSON {type(row).__name__}, not an object"
+    elif not isinstance(row.get("id"), str):
+        problem = "no 'id'"
+    elif not isinstance(row.get("seconds"), (int, float)) or not isinstance(row.get("usage"), dict):
+        problem = "no 'seconds' or 'usage'"
+    elif not isinstance(row.get("score", 0.0), (int, float)):
+        problem = "a 'score' that is not a number"
+    if problem:
+        raise DivconqError(f"{path} line {number} holds {problem}: is this a divconq results file (divconq eval --out)?")
+    return row
 
 
 def result_row(outcome: Outcome, dataset: str, run_info: dict[str, Any]) -> dict[str, Any]:
@@ -278,6 +306,15 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _results_to_report(path: str | Path) -> list[dict[str, Any]]:
+    if not Path(path).exists():
+        raise DivconqError(f"results file {path} does not exist: check the path, or run divconq eval --out {path}")
+    rows = read_results(path)
+    if not rows:
+        raise DivconqError(f"results file {path} holds no results: run divconq eval --out {path} first")
+    return rows
+
+
 def report(paths: list[str | Path], *, pricing: dict[str, dict[str, float]] | None = None,
            markdown_out: str | Path | None = None, png_out: str | Path | None = None) -> str:
     """Table 1 of the paper for several result files, as Markdown; optionally a score-vs-cost PNG."""
@@ -288,7 +325,7 @@ def report(paths: list[str | Path], *, pricing: dict[str, dict[str, float]] | No
         plot_format(png_out)
     # Each row is named by its results file ("sd_t.jsonl" -> sd_t): specs with adapter
     # paths and server URLs are too long to tell rows apart at a glance.
-    summaries = [{"run": Path(p).stem, **summarise(read_results(p), pricing)} for p in paths]
+    summaries = [{"run": Path(p).stem, **summarise(_results_to_report(p), pricing)} for p in paths]
 
     def dollars(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.6f}"

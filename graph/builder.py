@@ -27,7 +27,7 @@ from divconq.errors import DivconqError
 from divconq.graph.context import MAX_CAP, Context, check_cap, check_choice, run_context
 from divconq.graph.state import DivConqState, InputState, OutputState
 from divconq.nodes import nodes as N
-from divconq.nodes.models import load_chat_model, parse_spec
+from divconq.nodes.models import DEFAULT_TIMEOUT_SECONDS, load_chat_model, parse_spec
 from divconq.nodes.prompts import PromptSet, get_prompts
 
 __all__ = ["MAX_CAP", "MODES", "NODE_METADATA", "SOLVE_STRATEGIES", "assemble_graph", "build_graph", "decompose_first"]
@@ -47,7 +47,10 @@ def decompose_first(question: str, context: str | None) -> str:
 
 def _check_input(state: DivConqState) -> tuple[str, str | None]:
     question = state.get("question")
-    if not isinstance(question, str) or not question.strip():
+    if question is not None and not isinstance(question, str):
+        raise DivconqError(f"the question must be a string, got {type(question).__name__}: "
+                           "invoke the graph with {'question': '<your question>'}")
+    if not question or not question.strip():
         raise DivconqError("the question is empty: invoke the graph with {'question': '<your question>'}")
     context = state.get("context")
     if context is not None and not isinstance(context, str):
@@ -133,6 +136,7 @@ def build_graph(
     cache_decomposer: bool | CachePolicy = False,
     review: bool = False,
     lazy: bool = False,
+    timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
 ) -> StateGraph:
     """The uncompiled divide-and-conquer graph.
 
@@ -154,6 +158,9 @@ def build_graph(
             sub-questions; needs a checkpointer, resume with ``Command(resume=[...])``.
         lazy: load spec-string models on their first use instead of now (the specs are
             still checked now); LangGraph Studio's graph loads this way.
+        timeout: seconds per request for models given as API specs (a hung server
+            becomes a transient error, retried by ``retry``, then raised); ``None``
+            waits forever. Chat model objects keep their own settings.
     """
     check_choice("mode", mode, MODES)
     check_choice("solve strategy", solve, SOLVE_STRATEGIES)
@@ -162,8 +169,9 @@ def build_graph(
     if not callable(policy):
         raise DivconqError(f"policy must be a function (question, context) -> route, got {policy!r}")
     settings = N.NodeSettings(
-        decomposer=_model_or_spec(decomposer, N.DECOMPOSER, lazy),
-        solver=_model_or_spec(solver, N.SOLVER, lazy),
+        decomposer=_model_or_spec(decomposer, N.DECOMPOSER, lazy, timeout),
+        solver=_model_or_spec(solver, N.SOLVER, lazy, timeout),
+        timeout=timeout,
         prompts=prompts or get_prompts(task),
         max_subquestions=max_subquestions,
         max_rounds=max_rounds,
@@ -178,11 +186,11 @@ def build_graph(
     )
 
 
-def _model_or_spec(model: str | BaseChatModel, role: str, lazy: bool) -> str | BaseChatModel:
+def _model_or_spec(model: str | BaseChatModel, role: str, lazy: bool, timeout: float | None) -> str | BaseChatModel:
     if lazy and isinstance(model, str):
         parse_spec(model)  # a bad spec fails now, not on the first question
         return model
-    return load_chat_model(model, role=role)
+    return load_chat_model(model, role=role, timeout=timeout)
 
 
 def assemble_graph(

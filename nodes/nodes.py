@@ -20,7 +20,7 @@ from langchain_core.runnables.config import merge_configs
 from langgraph.runtime import Runtime
 from langgraph.types import Overwrite, interrupt
 
-from divconq.contract import DECOMPOSER, ROLE_METADATA_KEY, ROLE_TAG_PREFIX, SOLVER
+from divconq.contract import DECOMPOSER, DEFAULT_TIMEOUT_SECONDS, ROLE_METADATA_KEY, ROLE_TAG_PREFIX, SOLVER
 from divconq.nodes import prompts as P
 from divconq.nodes.parsing import (
     extract_answer,
@@ -45,6 +45,7 @@ class NodeSettings:
     max_subquestions: int = 3
     max_rounds: int = 3
     review: bool = False  # the graph has a review node
+    timeout: float | None = DEFAULT_TIMEOUT_SECONDS  # per request, for models given as API specs
     _cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def model(self, role: str) -> BaseChatModel:
@@ -56,7 +57,7 @@ class NodeSettings:
         if key not in self._cache:
             from divconq.nodes.models import load_chat_model
 
-            self._cache[key] = load_chat_model(model, role=role)
+            self._cache[key] = load_chat_model(model, role=role, timeout=self.timeout)
         return self._cache[key]
 
     def for_run(self, context: Any, config: RunnableConfig | None) -> NodeSettings:
