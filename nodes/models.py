@@ -53,6 +53,10 @@ class ModelSpec:
     target: str
     adapter: str | None = None
     base_url: str | None = None
+    trust_adapter: bool = False  # load an adapter that has no divconq manifest (nothing says its base)
+
+
+TRUST_ADAPTER = "+trust_adapter"
 
 
 def parse_spec(spec: str) -> ModelSpec:
@@ -60,17 +64,22 @@ def parse_spec(spec: str) -> ModelSpec:
     if not isinstance(spec, str) or not spec.strip():
         raise ModelSpecError(f"empty model spec {spec!r}: use 'default', 'hf:<dir>' or 'provider:model'")
     spec = spec.strip()
+    trust = spec.endswith(TRUST_ADAPTER)
+    if trust:
+        spec = spec.removesuffix(TRUST_ADAPTER)
+        if "+adapter=" not in spec:
+            raise ModelSpecError(f"'{TRUST_ADAPTER}' goes after an adapter: use hf:<base>+adapter=<dir>{TRUST_ADAPTER}")
     body, _, adapter = spec.partition("+adapter=")
     if "+adapter=" in spec and not adapter:
         raise ModelSpecError(f"model spec {spec!r} names no adapter dir after '+adapter='")
     adapter_or_none = adapter or None
     if body == "default":
-        return ModelSpec("default", DEFAULT_MODEL_NAME, adapter_or_none)
+        return ModelSpec("default", DEFAULT_MODEL_NAME, adapter_or_none, trust_adapter=trust)
     if body.startswith("hf:"):
         target = body[3:]
         if not target:
             raise ModelSpecError(f"model spec {spec!r} names no model: use 'hf:<local dir or hub id>'")
-        return ModelSpec("hf", target, adapter_or_none)
+        return ModelSpec("hf", target, adapter_or_none, trust_adapter=trust)
     if adapter_or_none:
         raise ModelSpecError(f"adapters attach to local models only: use 'hf:<base>+adapter=<dir>', not {spec!r}")
     base_url = None
@@ -265,9 +274,35 @@ def read_adapter_manifest(adapter_dir: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelSpecError(f"adapter manifest {path} is unreadable ({exc}): retrain or restore the adapter") from exc
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelSpecError(f"adapter manifest {path} is unreadable ({exc}): retrain or restore the adapter") from None
+    if not isinstance(manifest, dict):
+        raise ModelSpecError(f"adapter manifest {path} is a JSON {type(manifest).__name__}, not an object: "
+                             "retrain or restore the adapter")
+    return manifest
+
+
+def _check_adapter_files(adapter_dir: Path, trust: bool) -> None:
+    """Refuse, before loading anything, an adapter divconq cannot vouch for."""
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelSpecError(
+            f"adapter dir {adapter_dir} does not exist or holds no adapter_config.json: "
+            "pass the output dir of `divconq train` (or any PEFT adapter dir)"
+        )
+    if trust:
+        return
+    if not (adapter_dir / "adapter_model.safetensors").is_file() and (adapter_dir / "adapter_model.bin").is_file():
+        raise ModelSpecError(
+            f"adapter {adapter_dir} holds its weights as adapter_model.bin, a pickle (loading one can run code): "
+            f"resave it as safetensors, or add {TRUST_ADAPTER} to the spec if you trust its source"
+        )
+    if read_adapter_manifest(adapter_dir) is None:
+        raise ModelSpecError(
+            f"adapter {adapter_dir} has no {ADAPTER_MANIFEST}, so nothing says which base model it was trained on "
+            f"(a same-shaped base would load it silently): train it with `divconq train`, or add {TRUST_ADAPTER} "
+            "to the spec if you know it fits this base"
+        )
 
 
 def _resolve_local_path(spec: ModelSpec) -> str:
@@ -275,6 +310,7 @@ def _resolve_local_path(spec: ModelSpec) -> str:
 
 
 def _resolve_adapter(spec: ModelSpec, role: str | None) -> Path | None:
+    """The adapter dir a spec loads (the shipped one for the default decomposer), or None."""
     if spec.adapter == "none":
         return None
     if spec.adapter:
@@ -311,15 +347,16 @@ def load_causal_lm(path: str, *, for_training: bool = False) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def attach_adapter(model: Any, adapter_dir: Path, base_label: str, *, merge: bool = True) -> Any:
-    """Attach a PEFT LoRA adapter after checking it was trained on this base model."""
+def attach_adapter(model: Any, adapter_dir: Path, base_label: str, *, merge: bool = True, trust: bool = False) -> Any:
+    """Attach a PEFT LoRA adapter after checking it was trained on this base model.
+
+    An adapter without a divconq manifest (nothing records its base) or with pickled
+    weights is refused unless ``trust``; every loading failure is one ``ModelSpecError``.
+    """
     from peft import PeftModel
 
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise ModelSpecError(
-            f"adapter dir {adapter_dir} does not exist or holds no adapter_config.json: "
-            "pass the output dir of `divconq train` (or any PEFT adapter dir)"
-        )
+    adapter_dir = Path(adapter_dir)
+    _check_adapter_files(adapter_dir, trust)
     manifest = read_adapter_manifest(adapter_dir)
     if manifest and manifest.get("base_fingerprint"):
         actual = model_fingerprint(model)
@@ -331,11 +368,17 @@ def attach_adapter(model: Any, adapter_dir: Path, base_label: str, *, merge: boo
             )
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise AdapterMismatchError(
-            f"adapter {adapter_dir} does not fit base {base_label!r} ({str(exc).splitlines()[0][:160]}): "
-            "load it with the base model it was trained on"
-        ) from exc
+    except Exception as exc:  # noqa: BLE001 - torch, safetensors and peft each raise their own
+        detail = _first_line(exc).split(" Please ")[0]  # not torch's advice to turn weights_only off
+        if "size mismatch" in str(exc) or isinstance(exc, KeyError):
+            raise AdapterMismatchError(
+                f"adapter {adapter_dir} does not fit base {base_label!r} ({detail[:200]}): "
+                "load it with the base model it was trained on"
+            ) from None
+        raise ModelSpecError(
+            f"cannot load adapter {adapter_dir} ({detail[:200]}): its files are damaged or not a PEFT LoRA adapter; "
+            "retrain or restore it"
+        ) from None
     # Merged weights generate as fast as the base model; training code keeps them apart.
     return peft_model.merge_and_unload() if merge else peft_model
 
@@ -345,18 +388,21 @@ _LOADED_LOCK = threading.Lock()
 
 
 def load_local_chat_model(
-    path: str, adapter: Path | None = None, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, label: str | None = None
+    path: str, adapter: Path | None = None, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, label: str | None = None,
+    trust_adapter: bool = False,
 ) -> LocalChatModel:
     """A local causal LM (optionally with an adapter) as a LangChain chat model; cached per process."""
     from transformers import pipeline
 
+    if adapter is not None:
+        _check_adapter_files(adapter, trust_adapter)  # before the base model is loaded, and on every request
     key = (str(path), str(adapter) if adapter else None, max_new_tokens)
     with _LOADED_LOCK:
         if key in _LOADED:
             return _LOADED[key]
         model, tokenizer = load_causal_lm(path)
         if adapter is not None:
-            model = attach_adapter(model, adapter, label or path)
+            model = attach_adapter(model, adapter, label or path, trust=trust_adapter)
         if not tokenizer.chat_template:
             raise ModelSpecError(
                 f"model {path!r} has no chat template: use an instruction-tuned model, or set "
@@ -517,4 +563,5 @@ def load_chat_model(
     path = _resolve_local_path(parsed)
     adapter = _resolve_adapter(parsed, role)
     label = DEFAULT_MODEL_NAME if parsed.kind == "default" else parsed.target
-    return load_local_chat_model(path, adapter, max_new_tokens=max_new_tokens, label=label)
+    return load_local_chat_model(path, adapter, max_new_tokens=max_new_tokens, label=label,
+                                 trust_adapter=parsed.trust_adapter)
