@@ -211,9 +211,14 @@ def _training_ids(path: str | None) -> set[str]:
     source = Path(path) if path else DEFAULT_ADAPTER_DIR / "training_ids.txt"
     if not source.is_file():
         if path:
-            raise DivconqError(f"cannot read --exclude-ids file {path}: pass a text file with one id per line")
+            raise DivconqError(f"cannot read --exclude-ids file {path} (no such file): pass a text file with one id per line")
         return set()
-    return {line.strip() for line in source.read_text().splitlines() if line.strip()}
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else (exc.strerror or type(exc).__name__)
+        raise DivconqError(f"cannot read --exclude-ids file {source} ({reason}): pass a text file with one id per line") from None
+    return {line.strip() for line in text.splitlines() if line.strip()}
 
 
 @command("eval")
@@ -339,11 +344,10 @@ def cmd_trace(args: argparse.Namespace) -> int:
                 print(f"{other}: {added} runs added", file=sys.stderr)
             print(f"{args.store}: {store.count()} runs", file=sys.stderr)
         return 0
-    if not Path(args.jsonl).is_file():  # checked before the store is created
+    if not Path(args.jsonl).is_file():
         raise DivconqError(f"no LangSmith export at {args.jsonl}: pass a file of runs saved one JSON object a line")
-    with TraceStore(args.store) as store:  # import
-        added = import_langsmith_runs(args.jsonl, store)
-        print(f"imported {added} runs from {args.jsonl} into {args.store}", file=sys.stderr)
+    added = import_langsmith_runs(args.jsonl, args.store)  # the store is opened once the export is read
+    print(f"imported {added} runs from {args.jsonl} into {args.store}", file=sys.stderr)
     return 0
 
 

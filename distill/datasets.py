@@ -378,6 +378,8 @@ def _jsonl_example(path: Path, lineno: int, record: Any) -> Example:
     where, expected = f"line {lineno}", "a JSON object with 'question' and 'answer'"
     if not isinstance(record, dict) or _text(record.get("question")) is None or "answer" not in record:
         raise _error(path, where, expected, record)
+    if not isinstance(record["question"], str):  # a number is accepted as an answer, not as a question
+        raise _error(path, where, "'question' as text", record["question"])
     raw = record["answer"]
     answers = _str_list(raw) if isinstance(raw, list) else ((a,) if (a := _text(raw)) else None)
     if not answers:
@@ -426,4 +428,7 @@ def load_dataset(name: str, path: str | Path) -> list[Example]:
     if not file.is_file():
         what = "is a directory, not a file" if file.is_dir() else "not found"
         raise FileNotFoundError(f"{name} data file {what}: {file}")
-    return loader(file)
+    examples = loader(file)
+    if not examples:
+        raise DatasetFormatError(f"{file.name} holds no {name} questions: pass a data file with at least one")
+    return examples

@@ -39,14 +39,23 @@ def load_pricing(path: str | Path | None) -> dict[str, dict[str, float]]:
     table = dict(PAPER_PRICING)
     if path is None:
         return table
+    example = 'pass JSON like {"spec": {"input": 0.001, "output": 0.002}}'
     try:
-        loaded = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DivconqError(f"cannot read pricing file {path} ({exc}): pass JSON like {{\"spec\": {{\"input\": 0.001, \"output\": 0.002}}}}") from exc
+        loaded = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = os_error_line(exc, path, "read") if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+        raise DivconqError(f"cannot read pricing file {path} ({reason}): {example}") from None
+    if not isinstance(loaded, dict):
+        raise DivconqError(f"pricing file {path} holds a JSON {type(loaded).__name__}, not an object: {example}")
     for spec, prices in loaded.items():
         if not isinstance(prices, dict) or not {"input", "output"} <= set(prices):
             raise DivconqError(f"pricing file {path}: entry {spec!r} needs 'input' and 'output' prices per 1K tokens")
-        table[spec] = {"input": float(prices["input"]), "output": float(prices["output"])}
+        try:
+            table[spec] = {"input": float(prices["input"]), "output": float(prices["output"])}
+        except (TypeError, ValueError):
+            raise DivconqError(f"pricing file {path}: entry {spec!r} has prices that are not numbers: {example}") from None
+        if not all(math.isfinite(v) and v >= 0 for v in table[spec].values()):
+            raise DivconqError(f"pricing file {path}: entry {spec!r} needs prices of 0 or more: {example}")
     return table
 
 

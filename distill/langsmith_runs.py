@@ -38,6 +38,7 @@ from divconq.distill.recorder import (
 )
 from divconq.distill.traces import Scorer, TraceCall, TraceRun, TraceStore
 from divconq.errors import DivconqError
+from divconq.safeio import os_error_line
 
 __all__ = ["import_langsmith_runs", "read_langsmith_runs"]
 
@@ -132,8 +133,10 @@ def read_langsmith_runs(path: str | Path) -> list[_LsRun]:
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DivconqError(f"cannot read {path}: {exc}") from exc
+    except UnicodeDecodeError:
+        raise DivconqError(f"{path} is not a LangSmith export (not UTF-8 text): expected {_EXPECTED}") from None
+    except OSError as exc:
+        raise DivconqError(os_error_line(exc, path, "read")) from None
     runs = []
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
@@ -253,18 +256,25 @@ def _trace_runs(trace_id: str, members: list[_LsRun], path: Path, scorer: Scorer
     return [_ls_trace_run(by_id[g], calls[g], scorer) for g in sorted(graphs, key=lambda g: by_id[g].start_time)]
 
 
-def import_langsmith_runs(jsonl_path: str | Path, store: TraceStore, *, scorer: Scorer | None = None) -> int:
+def import_langsmith_runs(
+    jsonl_path: str | Path, store: TraceStore | str | Path, *, scorer: Scorer | None = None
+) -> int:
     """Add the divconq graph runs of a LangSmith export (one run per JSON line, either shape).
 
     Runs are grouped by trace; each divconq graph run in a trace, at any depth, becomes
     one ``TraceRun`` with its decomposer and solver calls. Traces where no divconq graph
     ran are skipped (and logged); a file where none ran is refused with
     "no divconq graph ran in this trace". Re-importing is a no-op (dedupe as in
-    ``TraceStore.add_new_runs``). Returns how many runs were added.
+    ``TraceStore.add_new_runs``). Returns how many runs were added. ``store`` may be a
+    path: the store is then opened (or created) only once the whole export has been read
+    and checked, so a bad export leaves no new file behind.
     """
     path = Path(jsonl_path)
     by_trace: dict[str, list[_LsRun]] = {}
-    for run in read_langsmith_runs(path):
+    runs = read_langsmith_runs(path)
+    if not runs:
+        raise DivconqError(f"{path} holds no runs: expected {_EXPECTED}")
+    for run in runs:
         by_trace.setdefault(run.trace_id, []).append(run)
     found, empty = [], []
     for trace_id, members in by_trace.items():
@@ -280,4 +290,7 @@ def import_langsmith_runs(jsonl_path: str | Path, store: TraceStore, *, scorer: 
         )
     if empty:
         log.warning("%s: skipped %d of %d traces in which no divconq graph ran", path, len(empty), len(by_trace))
-    return store.add_new_runs(found)
+    if isinstance(store, TraceStore):
+        return store.add_new_runs(found)
+    with TraceStore(store) as opened:
+        return opened.add_new_runs(found)
