@@ -90,9 +90,20 @@ def test_other_store_writers_are_refused_too(held_store, tmp_path, verb):
     source = tmp_path / "other.db"
     _fill(source, runs=2, dataset="other")
     langsmith = tmp_path / "runs.jsonl"
-    langsmith.write_text("")
+    langsmith.write_text(_one_langsmith_run())
     args = ["trace", "merge", str(path), str(source)] if verb == "merge" else ["trace", "import", str(path), str(langsmith)]
     _one_error_line(_cli(*args), f"process {pid}")
+
+
+def _one_langsmith_run() -> str:
+    import datetime
+    import uuid
+
+    from langsmith.schemas import Run
+
+    run_id = uuid.uuid4()
+    return Run(id=run_id, trace_id=run_id, name="graph", run_type="chain", inputs={"question": "Q?"},
+               outputs={"answer": "A"}, start_time=datetime.datetime(2025, 1, 1)).model_dump_json() + "\n"
 
 
 EVAL_SLOWLY = textwrap.dedent("""
