@@ -120,22 +120,19 @@ def _graph():
 QUICK = RunSettings(concurrency=2, retries=0, backoff_seconds=0.0, progress=False)
 
 
-def _langsmith_export(path, examples):
-    """Root runs as ``Client.list_runs`` gives them, saved one JSON line each."""
-    import datetime
-    import uuid
-
-    from langsmith.schemas import Run
+def _langsmith_export(path, graph, examples):
+    """Real graph runs traced the way LangSmith records them, saved one JSON line each,
+    with secrets in the questions, the replies and the run metadata."""
+    from langchain_core.tracers.run_collector import RunCollectorCallbackHandler
+    from test_traces import _langsmith_lines
 
     lines = []
     for i, example in enumerate(examples[:5]):
-        run_id = uuid.uuid4()
-        root = Run(id=run_id, trace_id=run_id, name="graph", run_type="chain", parent_run_id=None,
-                   start_time=datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc),
-                   inputs={"question": example.question}, outputs={"answer": f"use {PLANTED[i][1]}"},
-                   extra={"metadata": {"example_id": example.id, "dataset": "langsmith", "api_key": PLANTED[1][1],
-                                       "endpoint": "https://admin:s3cr3tpw@db.example.com"}})
-        lines.append(root.model_dump_json())
+        collector = RunCollectorCallbackHandler(_schema_format="original+chat")
+        metadata = {"example_id": example.id, "dataset": "langsmith", "api_key": PLANTED[1][1],
+                    "endpoint": "https://admin:s3cr3tpw@db.example.com", "gold": list(example.answers)}
+        graph.invoke({"question": example.question}, config={"callbacks": [collector], "metadata": metadata})
+        lines += _langsmith_lines(collector.traced_runs[0])
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -157,7 +154,7 @@ def test_no_planted_secret_in_any_written_file(tmp_path):
         done = store.done_example_ids("jsonl")
         assert all(scrub_text(e.id) in done for e in examples)
         assert all(store.has_example("jsonl", e.id) for e in examples)
-        _langsmith_export(tmp_path / "langsmith.jsonl", examples)
+        _langsmith_export(tmp_path / "langsmith.jsonl", graph, examples)
         assert import_langsmith_runs(tmp_path / "langsmith.jsonl", store) == 5
     sft_from_store(store_path, variant="decomposer", out_dir=tmp_path / "sft_d", val_fraction=0.2)
     sft_from_store(store_path, variant="solver", out_dir=tmp_path / "sft_s", val_fraction=0.2)

@@ -96,14 +96,15 @@ def test_other_store_writers_are_refused_too(held_store, tmp_path, verb):
 
 
 def _one_langsmith_run() -> str:
-    import datetime
-    import uuid
+    """One real divconq graph run, traced as LangSmith records it."""
+    from langchain_core.tracers.run_collector import RunCollectorCallbackHandler
+    from test_traces import _langsmith_lines
 
-    from langsmith.schemas import Run
-
-    run_id = uuid.uuid4()
-    return Run(id=run_id, trace_id=run_id, name="graph", run_type="chain", inputs={"question": "Q?"},
-               outputs={"answer": "A"}, start_time=datetime.datetime(2025, 1, 1)).model_dump_json() + "\n"
+    model = ScriptedChatModel(respond=lambda messages: "The answer is: 4")
+    graph = build_graph(model, model, mode="single", retry=RetryPolicy(max_attempts=1)).compile()
+    collector = RunCollectorCallbackHandler(_schema_format="original+chat")
+    graph.invoke({"question": "What is 2+2?"}, config={"callbacks": [collector]})
+    return "\n".join(_langsmith_lines(collector.traced_runs[0])) + "\n"
 
 
 EVAL_SLOWLY = textwrap.dedent("""
