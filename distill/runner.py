@@ -24,7 +24,7 @@ import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_connections
 from typing import Any, Callable, Iterable, Iterator
 
@@ -51,6 +51,17 @@ class RunSettings:
     max_consecutive_failures: int = 5  # questions in a row lost to connection errors
     progress: bool = True
     processes: int = 1  # worker processes sharing the concurrency; > 1 needs a graph factory
+
+    def __post_init__(self) -> None:
+        # Checked here, not quietly raised to 1: concurrency 0 is a mistake, not a wish.
+        for name in ("concurrency", "processes", "max_consecutive_failures"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise DivconqError(f"RunSettings.{name} must be a whole number of at least 1, got {value!r}")
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise DivconqError(f"RunSettings.retries must be a whole number of 0 or more, got {self.retries!r}")
+        if not isinstance(self.backoff_seconds, (int, float)) or not self.backoff_seconds >= 0:
+            raise DivconqError(f"RunSettings.backoff_seconds must be 0 or more, got {self.backoff_seconds!r}")
 
 
 @dataclass
@@ -160,8 +171,6 @@ def run_examples(
     Raises ``DivconqError`` after ``max_consecutive_failures`` questions in a row were
     lost to connection errors; every result handed to ``on_result`` before that stays.
     """
-    if settings.concurrency < 1 or settings.processes < 1:
-        settings = replace(settings, concurrency=max(1, settings.concurrency), processes=max(1, settings.processes))
     tally = _Tally(on_result, settings, total, description)
     try:
         if settings.processes > 1:

@@ -23,6 +23,7 @@ from divconq.graph import build_graph
 from divconq.errors import DivconqError
 from divconq.nodes import load_chat_model
 from divconq.nodes.models import require_server
+from divconq.safeio import atomic_path
 from divconq.nodes.prompts import get_prompts
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
@@ -63,7 +64,8 @@ def plot_curve(adapter: Path, png: Path, title: str) -> None:
     ax.set_title(f"Student decomposer ({title})")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
+    with atomic_path(png, "PNG file") as scratch:  # an earlier curve stays whole if this fails
+        fig.savefig(scratch, format="png", dpi=120)
 
 
 def main() -> None:

@@ -310,3 +310,12 @@ def test_a_worker_that_finished_a_question_and_died_keeps_it_and_still_stops_the
     message, seen = _feed(worker, rest)
     assert [(o.example.id, o.output) for o in seen] == [("q0", {"answer": "72"})]
     assert message.startswith("a worker process exited (code 0); 1 questions finished and are saved")
+
+
+@pytest.mark.parametrize("field, value", [("concurrency", 0), ("concurrency", -5), ("processes", 0),
+                                          ("max_consecutive_failures", 0), ("retries", -1), ("backoff_seconds", -1.0)])
+def test_bad_run_settings_are_refused_not_raised_to_one(field, value):
+    from divconq.errors import DivconqError
+
+    with pytest.raises(DivconqError, match=f"RunSettings.{field} must be"):
+        RunSettings(**{field: value})
