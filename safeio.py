@@ -40,7 +40,7 @@ def os_error_line(exc: OSError, path: str | Path | None = None, doing: str = "wr
     """``cannot write PATH (disk full: free some space and rerun)`` for any OSError."""
     if exc.errno is None:  # raised with a message of our own, e.g. FileNotFoundError("data file not found: x")
         return f"{exc}: check the path"
-    where = path if path is not None else (exc.filename or "")
+    where = path if path is not None else (exc.filename or "a file")
     reason = _FIXES.get(exc.errno or -1) or f"{exc.strerror or type(exc).__name__}: check the path and its permissions"
     return f"cannot {doing} {where} ({reason})"
 

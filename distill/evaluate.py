@@ -235,23 +235,27 @@ def evaluate(
         todo = [e for e in examples if scrub_text(e.id) not in done and e.id not in excluded]
         _repair_tail(out)
         try:
-            handle = out.open("a", encoding="utf-8")
+            # Unbuffered appends: each row is one write, and a failed one leaves nothing
+            # queued to fail again when the file is closed.
+            fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         except OSError as exc:
             raise DivconqError(os_error_line(exc, out)) from None
-        with handle:
+        try:
 
             def write(outcome: Outcome) -> None:
                 if outcome.transient:  # the server, not the question: left for the rerun to retry
                     lost.append(outcome.example.id)
                     return
-                line = json.dumps(result_row(outcome, dataset, run_info)) + "\n"
+                line = (json.dumps(result_row(outcome, dataset, run_info)) + "\n").encode("utf-8")
                 try:
-                    handle.write(line)
-                    handle.flush()
-                except OSError as exc:  # a full disk: stop now; every line before this one is whole
+                    while line:
+                        line = line[os.write(fd, line):]
+                except OSError as exc:  # a full disk: stop now; the rerun cuts a torn last line
                     raise OutputWriteError(os_error_line(exc, out) + "; finished rows are kept, rerun to resume") from None
 
             run_examples(graph, todo, write, settings=settings, total=len(todo), description=f"eval {dataset}")
+        finally:
+            os.close(fd)
     if lost:
         print(f"{len(lost)} questions lost to connection errors are not in {out}: rerun to retry them", file=sys.stderr)
     return read_results(out)

@@ -360,3 +360,26 @@ def test_concurrent_threads_of_one_process_share_the_lock(tmp_path):
         thread.start()
         thread.join()
     assert errors == []
+
+
+def test_eval_on_a_full_disk_stops_with_whole_rows(tmp_path, tiny_model_dir):
+    out = tmp_path / "results.jsonl"
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i}? " + "w" * 3000, "answer": "4"}) + "\n"
+                            for i in range(40)))
+    spec = f"hf:{tiny_model_dir}"
+    result = subprocess.run([sys.executable, "-c", FULL_DISK_COLLECT, str(32 * 1024), "eval", "--dataset", "jsonl",
+                             "--data", str(data), "--out", str(out), "--decomposer", spec, "--solver", spec,
+                             "--mode", "single", "--max-new-tokens", "2", "--concurrency", "1"],
+                            capture_output=True, text=True, timeout=600)
+    _one_error_line(result, "cannot write")
+    lines = out.read_text().splitlines()
+    assert 0 < len(lines) < 40 and all(json.loads(line)["id"] for line in lines[:-1])
+    # The rerun (with room) repairs a torn last line and finishes the rest, each id once.
+    again = subprocess.run([sys.executable, "-m", "divconq.cli", "eval", "--dataset", "jsonl", "--data", str(data),
+                            "--out", str(out), "--decomposer", spec, "--solver", spec, "--mode", "single",
+                            "--max-new-tokens", "2", "--concurrency", "1", "--json"],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert len(ids) == 40 == len(set(ids))

@@ -23,7 +23,18 @@ def _drop_file_override() -> None:
 
 
 def run_unprivileged(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
-    """``subprocess.run`` of ``python -m divconq.cli ARGS`` obeying file permissions."""
+    """``subprocess.run`` of ``python -m divconq.cli ARGS`` obeying file permissions.
+
+    Skips the calling test where root cannot give up the override (no CAP_SETPCAP in a
+    container): the permission bits would then prove nothing.
+    """
+    import pytest
+
     preexec = _drop_file_override if os.geteuid() == 0 else None
-    return subprocess.run([sys.executable, "-m", "divconq.cli", *args], capture_output=True, text=True,
-                          timeout=300, preexec_fn=preexec, **kwargs)
+    try:
+        return subprocess.run([sys.executable, "-m", "divconq.cli", *args], capture_output=True, text=True,
+                              timeout=300, preexec_fn=preexec, **kwargs)
+    except subprocess.SubprocessError as exc:
+        if "preexec_fn" not in str(exc):
+            raise
+        pytest.skip(f"cannot drop the file-permission override here ({exc})")
