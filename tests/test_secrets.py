@@ -6,7 +6,6 @@ of both variants, an evaluation (results file), a report (Markdown) and a LangSm
 are written, and every byte of every file under the directory is searched for them.
 """
 
-import json
 
 import pytest
 from fakes import ScriptedChatModel
