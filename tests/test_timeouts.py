@@ -87,3 +87,22 @@ def test_api_models_get_the_default_timeout_and_no_client_retries():
 def test_a_bad_timeout_is_refused(timeout):
     with pytest.raises(ModelSpecError, match="timeout must be a positive number"):
         load_chat_model("openai:m@http://127.0.0.1:9/v1", timeout=timeout)
+
+
+def test_eval_on_a_hung_server_stops_with_one_line_and_writes_no_wrong_rows(hung_server, tmp_path):
+    import json
+
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i}+{i}?", "answer": str(2 * i)}) + "\n" for i in range(6)))
+    out = tmp_path / "r.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "divconq.cli", "eval", "--dataset", "jsonl", "--data", str(data), "--out", str(out),
+         "--mode", "single", "--decomposer", hung_server.spec, "--solver", hung_server.spec, "--timeout", "0.5",
+         "--concurrency", "6"],
+        capture_output=True, text=True, timeout=300,
+    )
+    errors = [line for line in result.stderr.splitlines() if line.startswith("divconq: error")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(errors) == 1 and "stopped answering" in errors[0] and "rerun" in errors[0]
+    # A question lost to the server is not scored wrong: it is left for the rerun.
+    assert not out.exists() or out.read_text() == ""
