@@ -372,15 +372,16 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
-    from divconq.distill.train import TrainConfig, train
+    from divconq.distill.train import config_from_cli, finetune, read_result
 
-    config = TrainConfig(learning_rate=args.lr, num_epochs=args.epochs, max_steps=args.max_steps,
-                         batch_size=args.batch_size, grad_accumulation=args.grad_accumulation,
-                         max_length=args.max_length, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
-                         eval_steps=args.eval_steps, save_steps=args.save_steps, seed=args.seed,
-                         logging_steps=args.logging_steps, progress=not args.json)
-    result = train(args.data, args.base, args.out, config, resume=args.resume, overwrite=args.overwrite,
-                   merge_to=args.merge_to)
+    # Progress and losses are INFO lines of the training module: shown, through the
+    # "divconq: ..." handler quiet_libraries sets up.
+    logging.getLogger("divconq.distill.train").setLevel(logging.INFO)
+    # --json keeps stdout for the result: no progress bar unless asked for.
+    config = config_from_cli(args, config_file=args.config, **({"disable_tqdm": True} if args.json else {}))
+    finetune(args.data, out=args.out, config=config, resume=args.resume, overwrite=args.overwrite,
+             merge_to=args.merge_to)
+    result = read_result(args.out)
     print(json.dumps(result.to_dict(), indent=2, default=str) if args.json else result.format())
     return 0
 
@@ -458,12 +459,42 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="seconds an API model may take per request before it is retried (default: %(default)s)")
 
 
+class _Parser(OneLineParser):
+    """A subcommand parser that may add some arguments on first use (parse or help):
+    `train` generates its flags from TRL's config class, an import of seconds that the
+    other commands should not pay for."""
+
+    def __init__(self, *args: Any, lazy_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+                 **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._lazy_arguments = lazy_arguments
+
+    def _add_lazy_arguments(self) -> None:
+        add, self._lazy_arguments = self._lazy_arguments, None
+        if add is not None:
+            add(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._add_lazy_arguments()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._add_lazy_arguments()
+        return super().format_help()
+
+
+def _train_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    from divconq.distill.train import add_config_arguments
+
+    add_config_arguments(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="divconq", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show the libraries' warnings and weight-loading bars (quiet by default)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     ask = sub.add_parser("ask", help="answer a question through the graph")
     ask.add_argument("question", help="the question, quoted")
@@ -523,23 +554,15 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--overwrite", action="store_true", help="replace a non-empty --out dir")
     sft.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    tr = sub.add_parser("train", help="train a LoRA student on SFT data")
-    tr.add_argument("--data", required=True, metavar="DIR")
-    tr.add_argument("--base", default="default", metavar="SPEC", help="'default' or 'hf:<dir>'")
-    tr.add_argument("--out", required=True, metavar="ADAPTER_DIR")
-    tr.add_argument("--lr", type=float, default=2e-4)
-    tr.add_argument("--epochs", type=float, default=3.0)
-    tr.add_argument("--max-steps", type=int)
-    tr.add_argument("--batch-size", type=int, default=4)
-    tr.add_argument("--grad-accumulation", type=int, default=1)
-    tr.add_argument("--max-length", type=int, default=512)
-    tr.add_argument("--lora-r", type=int, default=16)
-    tr.add_argument("--lora-alpha", type=int, default=32)
-    tr.add_argument("--eval-steps", type=int, default=50)
-    tr.add_argument("--save-steps", type=int, default=50)
-    tr.add_argument("--logging-steps", type=int, default=10, help="steps between train-loss log lines")
-    tr.add_argument("--seed", type=int, default=42)
-    tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint in ADAPTER_DIR")
+    tr = sub.add_parser("train", help="train a LoRA student on SFT data (TRL's SFTTrainer)",
+                        usage="%(prog)s --data DIR --out ADAPTER_DIR [--config FILE] [--resume] [--overwrite] "
+                        "[--merge-to DIR] [--json] [settings...]", lazy_arguments=_train_settings_arguments)
+    tr.add_argument("--data", required=True, metavar="DIR", help="an SFT data dir from `divconq sft`")
+    tr.add_argument("--out", required=True, metavar="ADAPTER_DIR", help="where the adapter, its manifest and checkpoints go")
+    tr.add_argument("--config", metavar="FILE", help="training settings as YAML or JSON (keys: the settings below); "
+                    "flags given override it")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue from the last complete checkpoint in ADAPTER_DIR; a finished run is left as it is")
     tr.add_argument("--overwrite", action="store_true")
     tr.add_argument("--merge-to", metavar="DIR", help="also save a standalone model with the adapter merged")
     tr.add_argument("--json", action="store_true")

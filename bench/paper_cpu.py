@@ -116,7 +116,7 @@ def run(args: argparse.Namespace, setup: Setup) -> None:
             divconq(["sft", "--store", str(store), "--out", str(data), "--overwrite", *SFT[name]])
         if stage(f"train {name}", (adapter / "divconq_adapter.json").exists()):
             divconq(["train", "--data", str(data), "--base", setup.base, "--out", str(adapter), "--resume",
-                     "--epochs", str(args.epochs), "--batch-size", str(setup.batch_size), "--lora-r", "8", "--lora-alpha", "16"])
+                     "--num-train-epochs", str(args.epochs), "--per-device-train-batch-size", str(setup.batch_size), "--lora-r", "8", "--lora-alpha", "16"])
     fill = {"teacher": setup.teacher, "student": setup.student, "base": setup.base, "work": work}
     for name in wanted:
         decomposer, solver, mode, extra, _ = CONFIGS[name]

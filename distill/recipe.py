@@ -18,14 +18,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from divconq.distill.datasets import Example, load_dataset
 from divconq.distill.sft import CONFIG_FILES, SPLITS, build_sft_from_gold, sft_from_store, write_card
-from divconq.distill.train import TrainConfig, train
+from divconq.distill.train import TrainConfig, finetune, read_result
 from divconq.nodes.parsing import parse_subquestions
 from divconq.nodes.prompts import PROMPT_VERSION
 from divconq.safeio import atomic_write
@@ -58,8 +59,8 @@ class RecipeConfig:
     # would teach the student to decline, so only the teacher's decompositions go in.
     teacher_no_decomposition: bool = False
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        lora_r=8, lora_alpha=16, learning_rate=3e-4, num_epochs=1.0, batch_size=8, max_length=512,
-        eval_steps=25, save_steps=25, logging_steps=5,
+        lora_r=8, lora_alpha=16, learning_rate=3e-4, num_train_epochs=1.0, per_device_train_batch_size=8,
+        max_length=512, eval_steps=25, save_steps=25, logging_steps=5,
     ))
 
 
@@ -132,9 +133,9 @@ def build_data(data_root: Path, work: Path, teacher_store: Path | None, config: 
 def build_default_adapter(data_root: Path, out: Path, teacher_store: Path | None, config: RecipeConfig) -> dict:
     with tempfile.TemporaryDirectory(prefix="divconq-recipe-") as scratch:
         data, summaries, ids = build_data(data_root, Path(scratch), teacher_store, config)
-        result = train(data, "default", out, config.train, overwrite=True)
+        finetune(data, base="default", out=out, config=config.train, overwrite=True)
+    result = read_result(out)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # ship the adapter, not the optimizer state
-    (out / "README.md").unlink(missing_ok=True)  # peft's blank model card; recipe.json says what this is
     atomic_write(out / TRAINING_IDS_FILE, "\n".join(sorted({scrub_text(i) for i in ids})) + "\n")
     record = {
         "command": "python -m divconq.distill.recipe --data ../shared/data"
@@ -142,7 +143,7 @@ def build_default_adapter(data_root: Path, out: Path, teacher_store: Path | None
         "sources": {k: {key: v[key] for key in ("seen", "kept", "train", "validation", "dropped", "teacher") if key in v}
                     for k, v in summaries.items()},
         "training_ids": len(ids),
-        "train": asdict(config.train),
+        "train": config.train.to_dict(),
         "result": result.to_dict(),
     }
     atomic_write(out / "recipe.json", json.dumps(scrub_value(record), indent=2, default=str) + "\n")
@@ -156,12 +157,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "nodes" / "default_adapter")
     parser.add_argument("--epochs", type=float, help="override the recipe's epochs")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # training progress on stderr
     config = RecipeConfig()
     if args.epochs:
-        config.train.num_epochs = args.epochs
+        config.train.num_train_epochs = args.epochs
     record = build_default_adapter(args.data, args.out, args.teacher_store, config)
     print(json.dumps({k: record[k] for k in ("sources", "training_ids")}, indent=2))
-    print(record["result"])
+    print(json.dumps(record["result"], indent=2))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,22 @@
-"""LoRA fine-tuning of a local causal LM on SFT data from :mod:`divconq.distill.sft`.
+"""LoRA fine-tuning of a local causal LM on SFT data from :mod:`divconq.distill.sft`, on TRL.
 
-The loss covers completion tokens only. The prompt is rendered exactly as inference
-renders it (``LocalChatModel`` -> ``apply_chat_template(..., add_generation_prompt=True)``)
-and the completion is the rest of the fully rendered conversation, so it ends with the
-chat template's end-of-turn tokens and the student learns to stop.
+``finetune(data, base=..., out=..., config=...)`` trains with TRL's ``SFTTrainer`` on the
+conversational prompt/completion format, with the loss on completion tokens only, and
+returns the model spec of the trained student. :class:`TrainConfig` is TRL's ``SFTConfig``
+(so every ``TrainingArguments`` option) plus the LoRA settings and the base model; the
+``divconq train`` flags are generated from it.
+
+What this adds to TRL:
+
+- the prompt is rendered exactly as inference renders it (``apply_chat_template(...,
+  add_generation_prompt=True)``), and a chat template that renders it differently once the
+  answer is appended is refused (TRL only warns), so the student learns the inference
+  prompt and, from the template's end-of-turn tokens, to stop;
+- examples longer than ``max_length`` are skipped and counted, never truncated;
+- the adapter dir gets a manifest with the base model's fingerprint, and is installed
+  only when complete (manifest last);
+- resuming picks the last *complete* checkpoint, refuses checkpoints of another base, and
+  does not retrain a finished run.
 
 Output dir layout::
 
@@ -11,25 +24,33 @@ Output dir layout::
     tokenizer files                                   the base tokenizer
     divconq_adapter.json                              manifest (base fingerprint, data, settings, metrics)
     checkpoints/checkpoint-<step>/                    Trainer checkpoints (``resume=True`` continues)
-
-Load the result with ``load_chat_model("hf:<base dir>+adapter=<out dir>")`` (or
-``default+adapter=<out dir>`` for the default base).
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
+import difflib
 import errno
 import json
+import logging
+import math
 import os
 import shutil
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from transformers import HfArgumentParser, ProgressCallback, TrainerCallback, TrainerState
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_utils import IntervalStrategy
+from trl import SFTConfig, SFTTrainer
+
+from divconq.distill.sft import read_summary
 from divconq.errors import DivconqError
 from divconq.nodes.models import (
     ADAPTER_MANIFEST,
@@ -37,64 +58,105 @@ from divconq.nodes.models import (
     load_causal_lm,
     model_fingerprint,
     parse_spec,
+    read_adapter_manifest,
 )
 
-__all__ = ["TrainConfig", "TrainResult", "encode_example", "load_sft_jsonl", "train"]
+__all__ = ["TrainConfig", "TrainResult", "config_from_cli", "finetune", "load_sft_jsonl", "read_result"]
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
-RUN_FILE = "divconq_run.json"  # inside checkpoints/: what a resumed run must match
+RUN_FILE = "divconq_run.json"  # inside the checkpoints dir: what a resumed run must match
 MERGED_MANIFEST = "divconq_merged.json"
-IGNORE_INDEX = -100
+_CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def _setting(default: Any, help: str, **metadata: Any) -> Any:
+    return field(default=default, metadata={"help": help, **metadata})
 
 
 @dataclass
-class TrainConfig:
-    """Training settings; every default is explicit here and recorded in the manifest."""
+class TrainConfig(SFTConfig):
+    """TRL's ``SFTConfig`` with the LoRA settings and the base model.
 
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    # "all-linear": every linear layer but the output head (attention and MLP projections).
-    target_modules: str | list[str] = "all-linear"
-    learning_rate: float = 2e-4
-    num_epochs: float = 3.0
-    max_steps: int | None = None  # overrides num_epochs when set
-    batch_size: int = 4  # per device
-    grad_accumulation: int = 1
-    max_length: int = 512  # longer examples are skipped (never truncated), and counted
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    lr_scheduler: str = "linear"
-    eval_steps: int = 50
-    save_steps: int = 50
-    save_total_limit: int = 2
-    logging_steps: int = 10
-    seed: int = 42
-    bf16: bool | None = None  # None: bf16 exactly when CUDA is available (never on CPU)
-    progress: bool = True  # tqdm progress bar and logged losses
+    The defaults that differ from TRL's are declared here, once: the CLI, the recipe and
+    the manifest read them from this class. ``--lr``, ``--epochs``, ``--batch-size`` and
+    ``--grad-accumulation`` are the flags of divconq 0.1, kept as aliases for one release.
+    """
 
-    def validate(self) -> None:
-        positive = ("lora_r", "lora_alpha", "batch_size", "grad_accumulation", "max_length", "eval_steps",
-                    "save_steps", "logging_steps")
-        for name in positive:
+    base: str = _setting("default", "the student's base model: 'default' (the embedded SmolLM2-135M-Instruct) "
+                         "or 'hf:<dir or hub id>'", metavar="SPEC")
+    lora_r: int = _setting(16, "LoRA rank")
+    lora_alpha: int = _setting(32, "LoRA alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = _setting(0.05, "dropout on the LoRA input, in [0, 1)")
+    lora_target_modules: str = _setting("all-linear", "comma-separated names of the modules to adapt, or "
+                                        "'all-linear' (every linear layer but the output head)")
+
+    # TrainingArguments / SFTConfig fields with other defaults, for LoRA on a small student.
+    output_dir: str | None = _setting(None, "where checkpoints go (default: <out>/checkpoints)")
+    learning_rate: float = _setting(2e-4, "peak learning rate of AdamW (LoRA takes a higher one than full "
+                                    "fine-tuning)", aliases=["--lr"])
+    num_train_epochs: float = _setting(3.0, "passes over the training data (max_steps, when set, wins)",
+                                       aliases=["--epochs"])
+    per_device_train_batch_size: int = _setting(4, "examples per device and step", aliases=["--batch-size"])
+    gradient_accumulation_steps: int = _setting(1, "micro-batches per optimizer step",
+                                                aliases=["--grad-accumulation"])
+    max_length: int | None = _setting(512, "examples longer than this many tokens are skipped and counted, never "
+                                      "truncated; with packing, also the length of a packed row")
+    eval_strategy: IntervalStrategy | str = _setting("steps", "when to compute the validation loss (no "
+                                                     "validation split: never)")
+    eval_steps: float | None = _setting(50, "steps between validation losses")
+    save_steps: float = _setting(50, "steps between checkpoints (what --resume continues from)")
+    save_total_limit: int | None = _setting(2, "checkpoints kept")
+    logging_first_step: bool = _setting(True, "log the loss of the first step too (the start of the curve)")
+    # TRL turns it on (True), which also warns on every run since transformers renamed it
+    # activation_checkpointing; unset, both are off: the students are small.
+    gradient_checkpointing: bool | None = _setting(None, "deprecated name of --activation_checkpointing (unset: off)")
+    bf16: bool | None = _setting(None, "bf16 mixed precision (unset: exactly when a CUDA GPU is there; bf16 on a "
+                                 "CPU is slow)")
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None:  # TRL's unset means bf16 everywhere, CPUs included
+            import torch
+
+            self.bf16 = torch.cuda.is_available()
+        self._check()
+        placed = self.output_dir is not None
+        super().__post_init__()
+        if not placed:  # transformers fills in "trainer_output"; finetune puts checkpoints beside the adapter
+            self.output_dir = None
+
+    def _check(self) -> None:
+        for name in ("lora_r", "lora_alpha", "per_device_train_batch_size", "gradient_accumulation_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise DivconqError(f"training setting {name} must be a positive integer; got {value!r}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            raise DivconqError(f"max_steps must be a positive integer or None; got {self.max_steps!r}")
+        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 1):
+            raise DivconqError(f"max_length must be a positive integer or None; got {self.max_length!r}")
         if not self.learning_rate > 0:
             raise DivconqError(f"learning_rate must be positive; got {self.learning_rate!r}")
-        if self.max_steps is None and not self.num_epochs > 0:
-            raise DivconqError(f"num_epochs must be positive; got {self.num_epochs!r}")
+        if self.max_steps <= 0 and not self.num_train_epochs > 0:
+            raise DivconqError(f"num_train_epochs must be positive; got {self.num_train_epochs!r}")
         if not 0 <= self.lora_dropout < 1:
             raise DivconqError(f"lora_dropout must be in [0, 1); got {self.lora_dropout!r}")
+
+    def lora(self) -> Any:
+        from peft import LoraConfig
+
+        modules = self.lora_target_modules
+        return LoraConfig(
+            r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout, bias="none",
+            target_modules=modules if modules == "all-linear" else [m.strip() for m in modules.split(",") if m.strip()],
+            task_type="CAUSAL_LM",
+        )
 
 
 @dataclass
 class TrainResult:
-    """What a training run produced."""
+    """What a training run produced, as recorded in the adapter's manifest."""
 
     adapter_dir: str
+    spec: str  # the student's model spec: the base with this adapter
     train_loss: float | None  # last logged training loss
     train_loss_mean: float | None  # mean over the run (Trainer's training_loss)
     eval_loss_before: float | None  # None when the validation split is empty
@@ -109,7 +171,6 @@ class TrainResult:
     base_fingerprint: str
     resumed_from: str | None = None
     merged_dir: str | None = None
-    checkpoints_dir: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,7 +191,117 @@ class TrainResult:
             lines.append(f"  resumed from {self.resumed_from}")
         if self.merged_dir:
             lines.append(f"  merged model -> {self.merged_dir}")
+        lines.append(f"  student spec: {self.spec}")
         return "\n".join(lines)
+
+
+def read_result(adapter_dir: str | Path) -> TrainResult:
+    """The result of the run that wrote ``adapter_dir``, from its manifest."""
+    manifest = read_adapter_manifest(adapter_dir)
+    if manifest is None:
+        raise DivconqError(f"{adapter_dir} holds no {ADAPTER_MANIFEST}: train it with `divconq train` first")
+    metrics = manifest["metrics"]
+    names = {f.name for f in fields(TrainResult)}
+    return TrainResult(
+        adapter_dir=str(adapter_dir), spec=student_spec(manifest["base_model"], adapter_dir),
+        base_model=manifest["base_model"], base_fingerprint=manifest["base_fingerprint"],
+        merged_dir=manifest.get("merged_dir"), **{k: v for k, v in metrics.items() if k in names},
+    )
+
+
+def student_spec(base: str, adapter_dir: str | Path) -> str:
+    """The model spec of ``base`` with the adapter in ``adapter_dir``."""
+    return f"{base}+adapter={adapter_dir}"
+
+
+# --------------------------------------------------------------------------- settings from the CLI
+
+
+def add_config_arguments(parser: Any) -> None:
+    """Add one flag per :class:`TrainConfig` field (HfArgumentParser's), without defaults,
+    so that ``config_from_cli`` can tell the flags given from those left to the config
+    file or to the class. The help shows each class default."""
+    generated = HfArgumentParser(TrainConfig, add_help=False)
+    settings = {f.name: f for f in fields(TrainConfig)}
+    inherited = {f.name for f in fields(SFTConfig)}
+    ours = parser.add_argument_group("student (each flag is also a key of --config FILE)")
+    trl = parser.add_argument_group("training: TRL's SFTConfig, transformers' TrainingArguments")
+    for action in generated._actions:
+        setting = settings.get(action.dest)
+        if setting is None or not action.option_strings:
+            continue
+        default = setting.default_factory() if setting.default_factory is not MISSING else setting.default
+        if action.help and default is not None and not action.option_strings[0].startswith("--no_"):
+            action.help = f"{action.help} (default: {default})"
+        action.default = argparse.SUPPRESS
+        (trl if action.dest in inherited else ours)._add_action(action)
+
+
+def config_from_cli(args: Any, *, config_file: str | None = None, **overrides: Any) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed ``divconq train`` flags: class defaults, then the
+    config file (YAML or JSON), then the flags given; ``overrides`` fill in what neither set."""
+    names = {f.name for f in fields(TrainConfig) if f.init}
+    values = dict(overrides)
+    if config_file:
+        values.update(_read_config_file(Path(config_file), names))
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return make_config(**values)
+
+
+def make_config(**values: Any) -> TrainConfig:
+    """``TrainConfig(**values)``, with TrainingArguments' own complaints as one line."""
+    try:
+        return TrainConfig(**values)
+    except DivconqError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise DivconqError(f"training settings: {str(exc).strip().splitlines()[0]}") from None
+
+
+def _aliases() -> dict[str, str]:
+    """Config-file spellings of the aliased flags (``lr``, ``epochs``...) -> field names."""
+    return {alias.lstrip("-").replace("-", "_"): f.name
+            for f in fields(TrainConfig) for alias in f.metadata.get("aliases", [])}
+
+
+def _read_config_file(path: Path, names: set[str]) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise DivconqError(f"cannot read config file {path} ({reason}): pass a readable YAML or JSON file") from None
+    import yaml
+
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise DivconqError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'} "
+                           f"({problem})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise DivconqError(f"config file {path} must map setting names to values, not a {type(raw).__name__}")
+    aliases = _aliases()
+    parser = HfArgumentParser(TrainConfig)
+    types = {action.dest: action.type for action in parser._actions}
+    values = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        name = aliases.get(name, name)
+        if name not in names:
+            close = difflib.get_close_matches(name, sorted(names | set(aliases)), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "; `divconq train --help` lists the settings"
+            raise DivconqError(f"config file {path}: unknown setting {str(key)!r}{hint}")
+        convert = types.get(name)
+        if isinstance(value, str) and callable(convert) and convert is not str:
+            try:  # YAML reads 3e-4 as a string; the flag's own type reads it as the CLI would
+                value = convert(value)
+            except (TypeError, ValueError):
+                raise DivconqError(f"config file {path}: {key}: cannot read {value!r} as "
+                                   f"{getattr(convert, '__name__', 'the setting type')}") from None
+        values[name] = value
+    return values
 
 
 # --------------------------------------------------------------------------- data
@@ -171,63 +342,44 @@ def load_sft_jsonl(path: Path) -> list[list[dict[str, str]]]:
     return conversations
 
 
-def encode_example(tokenizer: Any, messages: list[dict[str, str]], max_length: int | None = None) -> dict | None:
-    """Token ids and labels for one conversation; labels are -100 on the prompt.
+def _load_splits(data_dir: Path) -> tuple[list, list]:
+    if not data_dir.is_dir():
+        raise DivconqError(f"SFT data dir {data_dir} does not exist: build it first (divconq sft ... --out {data_dir})")
+    train_file, val_file = data_dir / "train.jsonl", data_dir / "validation.jsonl"
+    if not train_file.is_file():
+        raise DivconqError(f"{data_dir} holds no train.jsonl: pass the output dir of `divconq sft`")
+    train = load_sft_jsonl(train_file)
+    if not train:
+        raise DivconqError(f"{train_file} is empty: rebuild the SFT data with more traces")
+    return train, load_sft_jsonl(val_file) if val_file.is_file() else []
 
-    The prompt is ``messages[:-1]`` rendered with ``add_generation_prompt=True`` (what
-    inference feeds the model); the completion is the rest of the rendered conversation
-    (assistant text plus end-of-turn). Both are tokenised without special tokens.
-    Returns None when the example is longer than ``max_length`` tokens.
+
+def completion_records(tokenizer: Any, conversations: list[list[dict]], max_length: int | None) -> tuple[list[dict], int]:
+    """TRL prompt/completion records of the conversations that fit ``max_length`` tokens,
+    and how many did not (skipped, never truncated).
+
+    TRL renders the prompt with ``add_generation_prompt=True`` (what inference feeds the
+    model) and masks it from the loss. When the template renders that prompt differently
+    once the answer is appended, the completion cannot be split off: refused here.
     """
-    prompt_messages = messages[:-1]
-    prompt_text = tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
-    full_text = tokenizer.apply_chat_template(messages, tokenize=False)
-    if not full_text.startswith(prompt_text):
-        raise DivconqError(
-            "the base model's chat template renders the prompt differently once the answer is appended, "
-            "so the completion cannot be split off: use a base whose template is prefix-stable (e.g. ChatML)"
-        )
-    completion_text = full_text[len(prompt_text):]
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
-    if not completion_ids:
-        return None
-    if max_length is not None and len(prompt_ids) + len(completion_ids) > max_length:
-        return None
-    input_ids = list(prompt_ids) + list(completion_ids)
-    return {
-        "input_ids": input_ids,
-        "labels": [IGNORE_INDEX] * len(prompt_ids) + list(completion_ids),
-        "attention_mask": [1] * len(input_ids),
-    }
+    records, skipped = [], 0
+    for messages in conversations:
+        prompt_text = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        full_text = tokenizer.apply_chat_template(messages, tokenize=False)
+        if not full_text.startswith(prompt_text):
+            raise DivconqError(
+                "the base model's chat template renders the prompt differently once the answer is appended, "
+                "so the completion cannot be split off: use a base whose template is prefix-stable (e.g. ChatML)"
+            )
+        length = len(tokenizer(full_text, add_special_tokens=False)["input_ids"])
+        if max_length is not None and length > max_length:
+            skipped += 1
+            continue
+        records.append({"prompt": messages[:-1], "completion": messages[-1:]})
+    return records, skipped
 
 
-class _Collator:
-    """Right-pads a batch: pad id for inputs, -100 for labels, 0 for the attention mask."""
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
-        import torch
-
-        width = max(len(f["input_ids"]) for f in features)
-        batch = {"input_ids": [], "labels": [], "attention_mask": []}
-        for f in features:
-            pad = width - len(f["input_ids"])
-            batch["input_ids"].append(f["input_ids"] + [self.pad_token_id] * pad)
-            batch["labels"].append(f["labels"] + [IGNORE_INDEX] * pad)
-            batch["attention_mask"].append(f["attention_mask"] + [0] * pad)
-        return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return True
-    return "No space left on device" in str(exc)
+# --------------------------------------------------------------------------- checks on inputs and the output dir
 
 
 def _resolve_base(base_spec: str) -> str:
@@ -243,46 +395,328 @@ def _resolve_base(base_spec: str) -> str:
     return str(default_model_dir()) if spec.kind == "default" else spec.target
 
 
-def _read_data_summary(data_dir: Path) -> dict[str, Any] | None:
-    path = data_dir / "summary.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DivconqError(f"{path} is unreadable ({exc}): rebuild the SFT data") from None
+def _has_adapter(out_dir: Path) -> bool:
+    return (out_dir / "adapter_config.json").is_file() or (out_dir / ADAPTER_MANIFEST).is_file()
 
 
-def _last_checkpoint(checkpoints: Path) -> Path | None:
-    if not checkpoints.is_dir():
-        return None
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(checkpoints))
-    return Path(last) if last else None
-
-
-def _check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
+def _check_out_dir(out_dir: Path, checkpoints: Path, resume: bool, overwrite: bool) -> bool:
     """Refuse an output dir that would mix runs; True when old checkpoints must be cleared."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DivconqError(f"output path {out_dir} exists and is not a directory: choose another output dir")
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
-        return False
-    checkpoints = out_dir / CHECKPOINTS
     has_checkpoints = checkpoints.is_dir() and any(checkpoints.iterdir())
-    has_adapter = (out_dir / "adapter_config.json").is_file() or (out_dir / ADAPTER_MANIFEST).is_file()
     if overwrite:
         return has_checkpoints
-    if resume and (has_checkpoints or has_adapter):
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return False
+    if resume and (has_checkpoints or _has_adapter(out_dir)):
         return False
     if has_checkpoints:
         raise DivconqError(
             f"{out_dir} holds checkpoints of an earlier run: resume it (resume=True / --resume) "
             "or start over (overwrite=True / --overwrite)"
         )
-    if has_adapter:
+    if _has_adapter(out_dir):
         raise DivconqError(f"{out_dir} already holds an adapter: choose another output dir or pass overwrite")
     raise DivconqError(f"output dir {out_dir} is not empty and holds no adapter: choose another output dir")
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name[len(_CHECKPOINT_PREFIX):])
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    """transformers writes ``trainer_state.json`` last: without it, or unreadable, the save
+    was cut short (a kill, a full disk)."""
+    try:
+        json.loads((checkpoint / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(checkpoints: Path, *, remove_partial: bool = False) -> Path | None:
+    """The newest complete checkpoint in ``checkpoints``; newer partial ones are skipped
+    (and removed with ``remove_partial``, so the Trainer never rotates a good one out for them)."""
+    if not checkpoints.is_dir():
+        return None
+    found = [p for p in checkpoints.iterdir()
+             if p.is_dir() and p.name.startswith(_CHECKPOINT_PREFIX) and p.name[len(_CHECKPOINT_PREFIX):].isdigit()]
+    for checkpoint in sorted(found, key=_step_of, reverse=True):
+        if _is_complete(checkpoint):
+            return checkpoint
+        logger.warning("skipping %s: its save was interrupted (no %s)", checkpoint, TRAINER_STATE_NAME)
+        if remove_partial:
+            shutil.rmtree(checkpoint)
+    return None
+
+
+def _check_same_base(run_file: Path, manifest: dict | None, base_spec: str, fingerprint: str) -> None:
+    """Refuse to continue checkpoints, or keep an adapter, made on another base."""
+    earlier = [json.loads(run_file.read_text())] if run_file.is_file() else []
+    earlier += [manifest] if manifest else []
+    for record in earlier:
+        if record.get("base_fingerprint") not in (None, fingerprint):
+            raise DivconqError(
+                f"{run_file.parent.parent} was trained on base {record.get('base_model')!r}, "
+                f"not {base_spec!r}: resume with that base or pass overwrite"
+            )
+
+
+def _write_failure(exc: BaseException) -> str | None:
+    """Why a save failed, when it is the disk (full, or over quota); None otherwise.
+
+    torch.save reports a failed write as ``RuntimeError: [enforce fail at
+    inline_container.cc...] ... file write failed`` (no errno); safetensors and plain
+    writes give ``No space left on device``.
+    """
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk full"
+    text = str(exc)
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+        return "disk full"
+    if "inline_container.cc" in text or "PytorchStreamWriter failed" in text or "file write failed" in text:
+        return "a write failed, most likely a full disk"
+    return None
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+class _LogLosses(TrainerCallback):
+    """Losses go to ``logging`` (the CLI shows them on stderr), in place of transformers' prints."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        shown = {k: logs[k] for k in ("loss", "eval_loss", "learning_rate") if k in (logs or {})}
+        if state.is_world_process_zero and shown:
+            logger.info("step %d: %s", state.global_step, ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+
+
+class _ProgressBar(ProgressCallback):
+    """transformers' progress bar without its printed log dicts (``_LogLosses`` has them)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
+def _trainer_args(config: TrainConfig, checkpoints: Path, has_eval: bool) -> TrainConfig:
+    """The settings the trainer runs with: the user's, placed and fitted to the data."""
+    changes: dict[str, Any] = {"output_dir": str(checkpoints)}
+    if not has_eval:
+        changes["eval_strategy"] = IntervalStrategy.NO
+    if config.padding_free and not config.packing:
+        changes["max_length"] = None  # TRL asks for it: lengths are already checked (too long: skipped)
+    return replace(config, **changes)
+
+
+def build_trainer(model: Any, tokenizer: Any, train: list[dict], validation: list[dict], args: TrainConfig,
+                  callbacks: list[Any] | None = None) -> SFTTrainer:
+    """TRL's SFTTrainer with a fresh LoRA adapter on ``model``, over prompt/completion records."""
+    from datasets import Dataset
+
+    trainer = SFTTrainer(
+        model=model, args=args, processing_class=tokenizer, peft_config=args.lora(),
+        train_dataset=Dataset.from_list(train), eval_dataset=Dataset.from_list(validation) if validation else None,
+        callbacks=[_LogLosses(), *(callbacks or [])],
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if not args.disable_tqdm:
+        trainer.add_callback(_ProgressBar())
+    return trainer
+
+
+def _total_steps(trainer: SFTTrainer) -> int:
+    """The optimizer steps the run takes in all, computed as transformers does."""
+    args = trainer.args
+    if args.max_steps > 0:
+        return args.max_steps
+    batches = len(trainer.get_train_dataloader())
+    return math.ceil(args.num_train_epochs * max(math.ceil(batches / args.gradient_accumulation_steps), 1))
+
+
+def _load_checkpoint_adapter(trainer: SFTTrainer, checkpoint: Path) -> None:
+    """The weights and state of a finished run's last checkpoint, without training a step."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(trainer.model, load_file(str(checkpoint / "adapter_model.safetensors")))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
+
+
+def _evaluate(trainer: SFTTrainer, when: str) -> float | None:
+    if trainer.eval_dataset is None:
+        return None
+    at_end = [e["eval_loss"] for e in trainer.state.log_history
+              if "eval_loss" in e and e.get("step") == trainer.state.global_step]
+    loss = float(at_end[-1]) if when == "after" and at_end else float(trainer.evaluate()["eval_loss"])
+    logger.info("validation loss %s training: %.4f", when, loss)
+    return loss
+
+
+# --------------------------------------------------------------------------- training
+
+
+def finetune(
+    data: str | Path,
+    *,
+    out: str | Path,
+    base: str | None = None,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    merge_to: str | Path | None = None,
+    callbacks: list[Any] | None = None,
+) -> str:
+    """Train a LoRA adapter on ``data`` and return the student's model spec.
+
+    Args:
+        data: an SFT data dir from ``divconq.distill.sft`` (``train.jsonl``, optional ``validation.jsonl``).
+        out: where the adapter, tokenizer, manifest and checkpoints go.
+        base: 'default' or 'hf:<dir>' (``config.base`` when None).
+        config: training settings (``TrainConfig()`` when None).
+        resume: continue from the last complete checkpoint; a finished run is left as it is.
+        overwrite: start over in an ``out`` that holds an adapter or checkpoints.
+        merge_to: also save a standalone model with the adapter merged in.
+        callbacks: extra ``transformers.TrainerCallback`` objects.
+
+    Returns:
+        e.g. ``"default+adapter=adapters/sd_r"``: pass it as the decomposer (or solver) spec.
+        ``read_result(out)`` gives the losses and counts.
+    """
+    started = time.perf_counter()
+    config = copy.copy(config or TrainConfig())
+    if base is not None:
+        config.base = base
+    data_dir, out_dir = Path(data), Path(out)
+    merge_dir = Path(merge_to) if merge_to is not None else None
+    checkpoints = Path(config.output_dir) if config.output_dir else out_dir / CHECKPOINTS
+
+    # Inputs first: fail on bad data before loading any model.
+    train_conversations, val_conversations = _load_splits(data_dir)
+    data_summary = read_summary(data_dir)
+    if merge_dir is not None and merge_dir.exists() and (not merge_dir.is_dir() or any(merge_dir.iterdir())):
+        if not overwrite:
+            raise DivconqError(f"merge target {merge_dir} exists and is not empty: choose another dir or pass overwrite")
+    import torch
+
+    if config.bf16 and not torch.cuda.is_available():
+        raise DivconqError("bf16 training needs a CUDA GPU (bf16 on CPU is very slow): leave bf16 unset")
+    base_path = _resolve_base(config.base)
+    clear_checkpoints = _check_out_dir(out_dir, checkpoints, resume, overwrite)
+
+    model, tokenizer = load_causal_lm(base_path, for_training=True)
+    if not tokenizer.chat_template:
+        raise DivconqError(
+            f"base {config.base!r} has no chat template: use an instruction-tuned model, or set "
+            "tokenizer.chat_template and save the tokenizer into the model dir"
+        )
+    fingerprint = model_fingerprint(model)
+    train_records, skipped = completion_records(tokenizer, train_conversations, config.max_length)
+    val_records, val_skipped = completion_records(tokenizer, val_conversations, config.max_length)
+    if not train_records:
+        raise DivconqError(
+            f"every training example is longer than max_length={config.max_length} tokens: raise max_length"
+        )
+
+    # Under torchrun / accelerate launch every process runs this function; only the first
+    # (RANK 0) touches files, the Trainer itself saves checkpoints from that one alone.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    resume = resume and not overwrite
+    run_file = checkpoints / RUN_FILE
+    manifest = read_adapter_manifest(out_dir) if resume else None
+    if resume:
+        _check_same_base(run_file, manifest, config.base, fingerprint)
+    if clear_checkpoints and main_process:  # only now: a base that fails to load leaves the old run intact
+        shutil.rmtree(checkpoints)
+    last = last_complete_checkpoint(checkpoints, remove_partial=main_process) if resume else None
+    last_step = TrainerState.load_from_json(str(last / TRAINER_STATE_NAME)).global_step if last else None
+    run_info = json.loads(run_file.read_text()) if last is not None and run_file.is_file() else {}
+    run_info |= {"base_model": config.base, "base_fingerprint": fingerprint}
+
+    args = _trainer_args(config, checkpoints, has_eval=bool(val_records))
+    trainer = build_trainer(model, tokenizer, train_records, val_records, args, callbacks)
+    total = _total_steps(trainer)
+    if manifest is not None:
+        done = manifest["metrics"]["steps"]
+        if done >= total and (last_step is None or last_step <= done):
+            logger.info("%s is finished (%d of %d steps): nothing to train", out_dir, done, total)
+            return student_spec(config.base, out_dir)
+        if last is None:
+            raise DivconqError(f"{out_dir} holds an adapter of {done} steps and no checkpoint to continue to "
+                               f"{total} steps from: pass overwrite to train again")
+    if resume and last is None:
+        logger.info("no complete checkpoint in %s: starting from scratch", checkpoints)
+
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    if "eval_loss_before" not in run_info:  # the base model's loss: a resumed run measured it already
+        run_info["eval_loss_before"] = _evaluate(trainer, "before")
+    if main_process:
+        run_file.write_text(json.dumps(run_info, indent=2) + "\n")
+
+    train_loss_mean = None
+    try:
+        if last_step is not None and last_step >= total:
+            logger.info("%s ends the run (%d steps): installing its adapter", last, last_step)
+            _load_checkpoint_adapter(trainer, last)
+        else:
+            train_loss_mean = trainer.train(resume_from_checkpoint=str(last) if last else None).training_loss
+    except (OSError, RuntimeError) as exc:
+        if reason := _write_failure(exc):
+            raise DivconqError(
+                f"{reason} while writing checkpoints to {checkpoints}: free space, then rerun with resume "
+                "(complete checkpoints are kept)"
+            ) from None
+        raise
+    eval_after = _evaluate(trainer, "after")
+
+    metrics = {
+        "train_loss": next((float(e["loss"]) for e in reversed(trainer.state.log_history) if "loss" in e), None),
+        "train_loss_mean": float(train_loss_mean) if train_loss_mean is not None else None,
+        "eval_loss_before": run_info["eval_loss_before"],
+        "eval_loss_after": eval_after,
+        "steps": int(trainer.state.global_step),
+        "epochs": float(trainer.state.epoch or 0.0),
+        "train_examples": len(train_records),
+        "eval_examples": len(val_records),
+        "skipped_too_long": skipped + val_skipped,
+        "resumed_from": str(last) if last else None,
+    }
+    manifest = _manifest(config, base_path, fingerprint, data_dir, data_summary, metrics, trainer.state.log_history)
+    manifest["merged_dir"] = str(merge_dir) if merge_dir is not None else None
+    peft_model = trainer.model
+    peft_model.eval()
+    if not trainer.is_world_process_zero():
+        return student_spec(config.base, out_dir)  # the first process writes the adapter
+    manifest["metrics"]["seconds"] = round(time.perf_counter() - started, 2)
+    _save_adapter_dir(peft_model, tokenizer, manifest, out_dir, checkpoints)
+    if merge_dir is not None:
+        _save_merged(peft_model, tokenizer, merge_dir, manifest, out_dir)
+    result = read_result(out_dir)
+    logger.info("%s", result.format())
+    return result.spec
+
+
+def _manifest(config: TrainConfig, base_path: str, fingerprint: str, data_dir: Path, data_summary: dict | None,
+              metrics: dict, log_history: list[dict]) -> dict[str, Any]:
+    summary = data_summary or {}
+    return {
+        "base_model": config.base,
+        "base_path": base_path,
+        "base_fingerprint": fingerprint,
+        **{k: summary.get(k) for k in ("variant", "screen", "answer", "paper_name", "task", "prompt_version",
+                                       "max_subquestions")},
+        "data_dir": str(data_dir),
+        "data": data_summary,
+        "training": config.to_dict(),
+        "metrics": metrics,
+        # Every logged loss (train and validation) by step: the training curve.
+        "log_history": [
+            {k: v for k, v in entry.items() if k in ("step", "epoch", "loss", "eval_loss", "learning_rate")}
+            for entry in log_history
+            if "loss" in entry or "eval_loss" in entry
+        ],
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def _save_adapter(model: Any, tokenizer: Any, directory: Path) -> None:
@@ -304,255 +738,23 @@ def _install_adapter(scratch: Path, out_dir: Path) -> None:
     scratch.rmdir()
 
 
-def _log(config: TrainConfig, message: str) -> None:
-    if config.progress:
-        print(message, file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- training
-
-
-def train(
-    data_dir: str | Path,
-    base_spec: str,
-    out_dir: str | Path,
-    config: TrainConfig | None = None,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    merge_to: str | Path | None = None,
-    callbacks: list[Any] | None = None,
-) -> TrainResult:
-    """Train a LoRA adapter on ``data_dir`` (``train.jsonl``, optional ``validation.jsonl``).
-
-    Args:
-        data_dir: an SFT data dir from ``divconq.distill.sft``.
-        base_spec: 'default' or 'hf:<dir>' (see ``divconq.nodes.models``).
-        out_dir: where the adapter, tokenizer, manifest and ``checkpoints/`` go.
-        config: training settings (``TrainConfig()`` when None).
-        resume: continue from the last checkpoint in ``out_dir/checkpoints`` if any.
-        overwrite: start over in an ``out_dir`` that holds an adapter or checkpoints.
-        merge_to: also save a standalone model with the adapter merged in.
-        callbacks: extra ``transformers.TrainerCallback`` objects.
-    """
-    started = time.perf_counter()
-    config = config or TrainConfig()
-    config.validate()
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    merge_dir = Path(merge_to) if merge_to is not None else None
-
-    # Inputs first: fail on bad data before loading any model.
-    if not data_dir.is_dir():
-        raise DivconqError(f"SFT data dir {data_dir} does not exist: build it first (divconq sft ... --out {data_dir})")
-    train_file, val_file = data_dir / "train.jsonl", data_dir / "validation.jsonl"
-    if not train_file.is_file():
-        raise DivconqError(f"{data_dir} holds no train.jsonl: pass the output dir of `divconq sft`")
-    train_conversations = load_sft_jsonl(train_file)
-    val_conversations = load_sft_jsonl(val_file) if val_file.is_file() else []
-    if not train_conversations:
-        raise DivconqError(f"{train_file} is empty: rebuild the SFT data with more traces")
-    data_summary = _read_data_summary(data_dir)
-    if merge_dir is not None and merge_dir.exists() and (not merge_dir.is_dir() or any(merge_dir.iterdir())):
-        if not overwrite:
-            raise DivconqError(f"merge target {merge_dir} exists and is not empty: choose another dir or pass overwrite")
-
-    import torch
-
-    use_bf16 = torch.cuda.is_available() if config.bf16 is None else bool(config.bf16)
-    if use_bf16 and not torch.cuda.is_available():
-        raise DivconqError("bf16 training needs a CUDA GPU (bf16 on CPU is very slow): leave bf16 unset")
-
-    base_path = _resolve_base(base_spec)
-    clear_checkpoints = _check_out_dir(out_dir, resume, overwrite)
-
-    model, tokenizer = load_causal_lm(base_path, for_training=True)
-    if not tokenizer.chat_template:
-        raise DivconqError(
-            f"base {base_spec!r} has no chat template: use an instruction-tuned model, or set "
-            "tokenizer.chat_template and save the tokenizer into the model dir"
-        )
-    fingerprint = model_fingerprint(model)
-
-    skipped = 0
-    datasets: dict[str, list[dict]] = {}
-    for name, conversations in (("train", train_conversations), ("validation", val_conversations)):
-        encoded = []
-        for conversation in conversations:
-            example = encode_example(tokenizer, conversation, config.max_length)
-            if example is None:
-                skipped += 1
-            else:
-                encoded.append(example)
-        datasets[name] = encoded
-    if not datasets["train"]:
-        raise DivconqError(
-            f"every training example is longer than max_length={config.max_length} tokens: raise max_length"
-        )
-
-    checkpoints = out_dir / CHECKPOINTS
-    # Under torchrun / accelerate launch every process runs this function; only the first
-    # (RANK 0) touches files, the Trainer itself saves checkpoints from that one alone.
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    if clear_checkpoints and main_process:  # only now: a base that fails to load leaves the old run intact
-        shutil.rmtree(checkpoints)
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    run_info = {"base_model": base_spec, "base_fingerprint": fingerprint}
-    last = _last_checkpoint(checkpoints) if resume else None
-    run_file = checkpoints / RUN_FILE
-    if last is not None and run_file.is_file():
-        previous = json.loads(run_file.read_text())
-        if previous.get("base_fingerprint") != fingerprint:
-            raise DivconqError(
-                f"checkpoints in {checkpoints} were trained on base {previous.get('base_model')!r}, "
-                f"not {base_spec!r}: resume with that base or pass overwrite"
-            )
-    if main_process:
-        run_file.write_text(json.dumps(run_info, indent=2) + "\n")
-    if resume and last is None:
-        _log(config, f"no checkpoint in {checkpoints}: starting from scratch")
-
-    from peft import LoraConfig, get_peft_model
-    from transformers import Trainer, TrainingArguments, set_seed
-
-    set_seed(config.seed)
-    model.config.use_cache = False
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=config.target_modules,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    peft_model = get_peft_model(model, lora)
-
-    has_eval = bool(datasets["validation"])
-    args = TrainingArguments(
-        output_dir=str(checkpoints),
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accumulation,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.num_epochs,
-        max_steps=config.max_steps if config.max_steps is not None else -1,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        lr_scheduler_type=config.lr_scheduler,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=config.eval_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        logging_strategy="steps",
-        logging_steps=config.logging_steps,
-        logging_first_step=True,
-        seed=config.seed,
-        bf16=use_bf16,
-        use_cpu=not torch.cuda.is_available(),
-        report_to="none",
-        disable_tqdm=not config.progress,
-        remove_unused_columns=False,
-        label_names=["labels"],  # PeftModel's forward hides them: without this eval reports no loss
-        prediction_loss_only=True,
-        dataloader_num_workers=0,
-    )
-    trainer = Trainer(
-        model=peft_model,
-        args=args,
-        data_collator=_Collator(tokenizer.pad_token_id),
-        train_dataset=datasets["train"],
-        eval_dataset=datasets["validation"] if has_eval else None,
-        processing_class=tokenizer,
-        callbacks=list(callbacks or []),
-    )
-
-    eval_before = trainer.evaluate()["eval_loss"] if has_eval else None
-    if eval_before is not None:
-        _log(config, f"validation loss before training: {eval_before:.4f}")
-    try:
-        output = trainer.train(resume_from_checkpoint=str(last) if last else None)
-    except Exception as exc:
-        if _is_disk_full(exc):
-            raise DivconqError(
-                f"disk full while writing checkpoints to {checkpoints}: free space, then rerun with resume "
-                "(checkpoints already written are kept)"
-            ) from None
-        raise
-    eval_after = trainer.evaluate()["eval_loss"] if has_eval else None
-    if eval_after is not None:
-        _log(config, f"validation loss after training: {eval_after:.4f}")
-
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    result = TrainResult(
-        adapter_dir=str(out_dir),
-        train_loss=float(losses[-1]) if losses else None,
-        train_loss_mean=float(output.training_loss) if output.training_loss is not None else None,
-        eval_loss_before=float(eval_before) if eval_before is not None else None,
-        eval_loss_after=float(eval_after) if eval_after is not None else None,
-        steps=int(trainer.state.global_step),
-        epochs=float(trainer.state.epoch or 0.0),
-        seconds=0.0,
-        train_examples=len(datasets["train"]),
-        eval_examples=len(datasets["validation"]),
-        skipped_too_long=skipped,
-        base_model=base_spec,
-        base_fingerprint=fingerprint,
-        resumed_from=str(last) if last else None,
-        merged_dir=str(merge_dir) if merge_dir is not None else None,
-        checkpoints_dir=str(checkpoints),
-    )
-    summary = data_summary or {}
-    manifest = {
-        "base_model": base_spec,
-        "base_path": base_path,
-        "base_fingerprint": fingerprint,
-        "variant": summary.get("variant"),
-        "screen": summary.get("screen"),
-        "answer": summary.get("answer"),
-        "paper_name": summary.get("paper_name"),
-        "task": summary.get("task"),
-        "prompt_version": summary.get("prompt_version"),
-        "max_subquestions": summary.get("max_subquestions"),
-        "data_dir": str(data_dir),
-        "data": data_summary,
-        "training": asdict(config) | {"bf16": use_bf16},
-        "metrics": {
-            k: getattr(result, k)
-            for k in ("train_loss", "train_loss_mean", "eval_loss_before", "eval_loss_after", "steps", "epochs",
-                      "train_examples", "eval_examples", "skipped_too_long")
-        },
-        # Every logged loss (train and validation) by step: the training curve.
-        "log_history": [
-            {k: v for k, v in entry.items() if k in ("step", "epoch", "loss", "eval_loss", "learning_rate")}
-            for entry in trainer.state.log_history
-            if "loss" in entry or "eval_loss" in entry
-        ],
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-    peft_model.eval()
-    if not trainer.is_world_process_zero():
-        return result  # the first process writes the adapter
+def _save_adapter_dir(peft_model: Any, tokenizer: Any, manifest: dict, out_dir: Path, checkpoints: Path) -> None:
+    """Write the adapter into a temp dir beside ``out_dir``'s files, then install it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out_dir))
     try:
         _save_adapter(peft_model, tokenizer, scratch)
-        result.seconds = round(time.perf_counter() - started, 2)
-        manifest["metrics"]["seconds"] = result.seconds
+        (scratch / "README.md").unlink(missing_ok=True)  # peft's blank model card; the manifest says what this is
         (scratch / ADAPTER_MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
         _install_adapter(scratch, out_dir)
     except Exception as exc:
         shutil.rmtree(scratch, ignore_errors=True)
-        if _is_disk_full(exc):
+        if reason := _write_failure(exc):
             raise DivconqError(
-                f"disk full while saving the adapter to {out_dir}: free space, then rerun with resume "
+                f"{reason} while saving the adapter to {out_dir}: free space, then rerun with resume "
                 f"(checkpoints in {checkpoints} are kept)"
             ) from None
         raise
-
-    if merge_dir is not None:
-        _save_merged(peft_model, tokenizer, merge_dir, manifest, out_dir)
-    result.seconds = round(time.perf_counter() - started, 2)
-    return result  # the caller reports it (divconq train prints it once, or as JSON)
 
 
 def _save_merged(peft_model: Any, tokenizer: Any, merge_dir: Path, manifest: dict, adapter_dir: Path) -> None:
@@ -573,9 +775,9 @@ def _save_merged(peft_model: Any, tokenizer: Any, merge_dir: Path, manifest: dic
         os.replace(scratch, merge_dir)
     except Exception as exc:
         shutil.rmtree(scratch, ignore_errors=True)
-        if _is_disk_full(exc):
+        if reason := _write_failure(exc):
             raise DivconqError(
-                f"disk full while saving the merged model to {merge_dir}: the adapter in {adapter_dir} is saved; "
+                f"{reason} while saving the merged model to {merge_dir}: the adapter in {adapter_dir} is saved; "
                 "free space and merge again"
             ) from None
         raise

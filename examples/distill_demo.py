@@ -95,7 +95,7 @@ def main() -> None:
     held_out = [e.question for e in load_dataset("gsm8k", DATA / "test.jsonl")[-args.held_out:]]
     before = student_decompositions("default+adapter=none", held_out)
     divconq(["train", "--data", str(data), "--base", "default", "--out", str(adapter), "--overwrite",
-             "--epochs", "2", "--batch-size", "8", "--lora-r", "8", "--lora-alpha", "16", "--eval-steps", "5", "--logging-steps", "2"])
+             "--num-train-epochs", "2", "--per-device-train-batch-size", "8", "--lora-r", "8", "--lora-alpha", "16", "--eval-steps", "5", "--logging-steps", "2"])
     after = student_decompositions(f"default+adapter={adapter}", held_out)
     for question, b, a in zip(held_out, before, after):
         print(f"\nQ: {question}\n  before: {b or '(nothing)'}\n  after:  {a or '(nothing)'}")

@@ -90,7 +90,7 @@ def test_student_learns_and_runs_as_the_decomposer(store_path, tmp_path, tiny_mo
     assert main(["sft", "--store", str(store_path), "--screen", "gold", "--out", str(data), "--val-fraction", "0.25"]) == 0
     adapter = tmp_path / "student"
     args = ["train", "--data", str(data), "--base", f"hf:{tiny_model_dir}", "--out", str(adapter), "--max-steps", "24",
-            "--lr", "3e-3", "--batch-size", "4", "--max-length", "1536", "--eval-steps", "24", "--save-steps", "24", "--json"]
+            "--learning-rate", "3e-3", "--per-device-train-batch-size", "4", "--max-length", "1536", "--eval-steps", "24", "--save-steps", "24", "--json"]
     capsys.readouterr()
     assert main(args) == 0
     result = last_json(capsys.readouterr().out)

@@ -1,34 +1,45 @@
-"""LoRA training on a tiny local chat model (CPU, a few seconds per run)."""
+"""LoRA training on TRL's SFTTrainer, on a tiny local chat model (CPU, seconds per run)."""
 
 from __future__ import annotations
 
 import errno
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import TrainerCallback
 
 from divconq.distill import train as train_module
 from divconq.distill.sft import build_sft
-from divconq.distill.train import IGNORE_INDEX, TrainConfig, encode_example, train
+from divconq.distill.train import (
+    TrainConfig,
+    build_trainer,
+    completion_records,
+    finetune,
+    last_complete_checkpoint,
+    read_result,
+)
 from divconq.errors import AdapterMismatchError, DivconqError, ModelSpecError
 from divconq.nodes import load_chat_model
-from divconq.nodes.models import ADAPTER_MANIFEST, load_causal_lm, model_fingerprint
+from divconq.nodes.models import ADAPTER_MANIFEST, attach_adapter, load_causal_lm, model_fingerprint
 from divconq.nodes.prompts import PROMPT_VERSION, decompose_messages, get_prompts
 from test_sft import make_run
 from tiny_models import build_tiny_chat_model
 
 # A high learning rate: a few dozen steps must visibly move a random tiny model.
-FAST = dict(learning_rate=1e-2, batch_size=4, max_length=1024, logging_steps=4, progress=False)
+FAST = dict(learning_rate=1e-2, per_device_train_batch_size=4, max_length=1024, logging_steps=4, disable_tqdm=True)
+PROMPT = [
+    {"role": "system", "content": "Break the question down."},
+    {"role": "user", "content": "Question: What is 2 + 3?"},
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """One torch thread: the models are tiny, and on a shared 2-core machine two spinning
     OpenMP threads run these tests several times slower."""
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -52,45 +63,84 @@ def sft_data(tmp_path_factory) -> Path:
 def trained(tiny, sft_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     config = TrainConfig(max_steps=16, eval_steps=8, save_steps=8, **FAST)
-    result = train(sft_data, f"hf:{tiny}", root / "adapter", config, merge_to=root / "merged")
-    return result, root / "adapter", root / "merged"
+    spec = finetune(sft_data, base=f"hf:{tiny}", out=root / "adapter", config=config, merge_to=root / "merged")
+    return spec, root / "adapter", root / "merged"
 
 
-def test_encode_example_masks_exactly_the_prompt(tiny):
+class StepCounter(TrainerCallback):
+    def __init__(self):
+        self.steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+def _trainer(tiny, records, tmp_path, **settings):
+    model, tokenizer = load_causal_lm(str(tiny), for_training=True)
+    args = train_module._trainer_args(TrainConfig(**(FAST | settings)), tmp_path / "checkpoints", has_eval=False)
+    return build_trainer(model, tokenizer, records, [], args), tokenizer
+
+
+def test_trl_masks_exactly_the_inference_prompt(tiny, tmp_path):
+    messages = PROMPT + [{"role": "assistant", "content": "1. What is 2 plus 3?"}]
     _, tokenizer = load_causal_lm(str(tiny))
-    prompt = [
-        {"role": "system", "content": "Break the question down."},
-        {"role": "user", "content": "Question: What is 2 + 3?"},
-    ]
-    messages = prompt + [{"role": "assistant", "content": "1. What is 2 plus 3?"}]
-    encoded = encode_example(tokenizer, messages)
+    records, skipped = completion_records(tokenizer, [messages], max_length=None)
+    assert skipped == 0 and records == [{"prompt": PROMPT, "completion": messages[-1:]}]
+    trainer, tokenizer = _trainer(tiny, records, tmp_path)
+    example = trainer.train_dataset[0]
 
-    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    prompt_text = tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     n = len(prompt_ids)
-    assert encoded["input_ids"][:n] == prompt_ids  # the exact inference prompt
-    assert encoded["labels"][:n] == [IGNORE_INDEX] * n
-    completion = encoded["labels"][n:]
-    assert IGNORE_INDEX not in completion and completion == encoded["input_ids"][n:]
+    assert example["input_ids"][:n] == prompt_ids  # the exact inference prompt
+    assert example["labels"][:n] == [-100] * n
+    completion = example["labels"][n:]
+    assert -100 not in completion and completion == example["input_ids"][n:]
     # The completion is the answer plus the end-of-turn token(s) of the chat template.
     assert tokenizer.decode(completion) == "1. What is 2 plus 3?<|im_end|>\n"
     assert tokenizer.eos_token_id in completion
-    assert encoded["attention_mask"] == [1] * len(encoded["input_ids"])
-    # Too long: skipped, never truncated.
-    assert encode_example(tokenizer, messages, max_length=n + 3) is None
 
-    collate = train_module._Collator(tokenizer.pad_token_id)
-    short = encode_example(tokenizer, prompt + [{"role": "assistant", "content": "ok"}])
-    batch = collate([encoded, short])
-    pad = len(encoded["input_ids"]) - len(short["input_ids"])
-    assert batch["labels"][1].tolist()[-pad:] == [IGNORE_INDEX] * pad
-    assert batch["attention_mask"][1].tolist()[-pad:] == [0] * pad
-    assert batch["input_ids"][1].tolist()[-pad:] == [tokenizer.pad_token_id] * pad
+    # Too long: skipped and counted, never truncated.
+    assert completion_records(tokenizer, [messages], max_length=n + 3) == ([], 1)
+
+
+def test_a_template_that_is_not_prefix_stable_is_refused(tiny):
+    _, tokenizer = load_causal_lm(str(tiny))
+    # The generation prompt says "<|im_start|>answer", the rendered reply "<|im_start|>assistant".
+    tokenizer.chat_template = tokenizer.chat_template.replace("'<|im_start|>assistant\n'", "'<|im_start|>answer\n'")
+    with pytest.raises(DivconqError, match="prefix-stable"):
+        completion_records(tokenizer, [PROMPT + [{"role": "assistant", "content": "1. x?"}]], max_length=None)
+
+
+def test_padding_free_batches_give_the_padded_loss(tiny, tmp_path):
+    """padding_free flattens a batch into one row: on SDPA (no flash attention here) it is
+    right only if the model keeps each example from attending to the one before it."""
+    records = [{"prompt": PROMPT, "completion": [{"role": "assistant", "content": "1. What is " + "2 " * k + "?"}]}
+               for k in (1, 9, 30)]
+    padded, _ = _trainer(tiny, records, tmp_path, padding_free=False)
+    flat, _ = _trainer(tiny, records, tmp_path, padding_free=True)
+    features = [padded.train_dataset[i] for i in range(3)]
+    assert features == [flat.train_dataset[i] for i in range(3)]
+    padded_batch, flat_batch = padded.data_collator(features), flat.data_collator(features)
+    assert "attention_mask" not in flat_batch and flat_batch["input_ids"].shape[0] == 1
+    assert padded_batch["input_ids"].shape[0] == 3 and (padded_batch["attention_mask"] == 0).any()
+    padded.model.eval(), flat.model.eval()
+    with torch.no_grad():
+        losses = [trainer.compute_loss(trainer.model, batch).item()
+                  for trainer, batch in ((padded, padded_batch), (flat, flat_batch))]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    # And a model that let examples see each other would differ: drop the position ids.
+    leaky = {k: v for k, v in flat_batch.items() if k not in ("position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
+                                                               "max_length_q", "max_length_k", "seq_idx")}
+    with torch.no_grad():
+        assert flat.compute_loss(flat.model, leaky).item() != pytest.approx(losses[0], rel=1e-3)
 
 
 def test_training_lowers_validation_loss_and_writes_adapter(trained, tiny, sft_data):
-    result, adapter, _ = trained
-    assert result.steps == 16
+    spec, adapter, _ = trained
+    assert spec == f"hf:{tiny}+adapter={adapter}"
+    result = read_result(adapter)
+    assert result.steps == 16 and result.spec == spec
     assert result.eval_loss_before is not None and result.eval_loss_after is not None
     assert result.eval_loss_after < 0.8 * result.eval_loss_before
     assert result.train_loss is not None and result.train_examples >= 8 and result.eval_examples >= 2
@@ -108,28 +158,37 @@ def test_training_lowers_validation_loss_and_writes_adapter(trained, tiny, sft_d
     assert manifest["data"] == json.loads((sft_data / "summary.json").read_text())
     assert manifest["training"]["lora_r"] == 16 and manifest["training"]["bf16"] is False
     assert manifest["metrics"]["eval_loss_after"] == pytest.approx(result.eval_loss_after)
-    assert "validation loss" in result.format()
+    assert [e["step"] for e in manifest["log_history"] if "eval_loss" in e] == [8, 16]
+    assert "validation loss" in result.format() and spec in result.format()
 
 
 def test_adapter_loads_and_generates(trained, tiny):
-    _, adapter, _ = trained
-    model = load_chat_model(f"hf:{tiny}+adapter={adapter}", max_new_tokens=8)
-    reply = model.invoke(decompose_messages(get_prompts("math"), "What is 2 + 3?"))
-    assert isinstance(reply.content, str) and reply.content
+    """The chat model of the spec generates with the trained adapter applied: its reply is
+    the greedy continuation of base plus adapter, and not the base model's reply."""
+    spec, adapter, _ = trained
+    messages = decompose_messages(get_prompts("math"), "What is 2 + 3?")
+    reply = load_chat_model(spec, max_new_tokens=8).invoke(messages).content
+    bare = load_chat_model(f"hf:{tiny}", max_new_tokens=8).invoke(messages).content
+
+    base, tokenizer = load_causal_lm(str(tiny))
+    student = attach_adapter(base, adapter, "tiny")
+    prompt = load_chat_model(spec, max_new_tokens=8)._to_chat_prompt(messages)
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        out = student.generate(**ids, max_new_tokens=8, do_sample=False)
+    expected = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert reply == expected.strip() or reply == expected
+    assert reply and reply != bare
 
 
 def test_adapter_refuses_another_base(trained, tmp_path):
-    _, adapter, _ = trained
+    spec, adapter, _ = trained
     other = build_tiny_chat_model(tmp_path / "other", seed=1)
     with pytest.raises(AdapterMismatchError, match="trained on base"):
         load_chat_model(f"hf:{other}+adapter={adapter}")
 
 
 def test_merged_model_matches_base_plus_adapter(trained, tiny):
-    import torch
-
-    from divconq.nodes.models import attach_adapter
-
     _, adapter, merged_dir = trained
     assert (merged_dir / "config.json").is_file() and (merged_dir / "divconq_merged.json").is_file()
     merged, tokenizer = load_causal_lm(str(merged_dir))
@@ -151,59 +210,80 @@ class _Crash(TrainerCallback):
             raise KeyboardInterrupt("simulated interruption")
 
 
-def test_resume_from_last_checkpoint(tiny, sft_data, tmp_path):
+def test_resume_skips_a_partial_checkpoint(tiny, sft_data, tmp_path):
     out = tmp_path / "adapter"
     config = TrainConfig(max_steps=5, eval_steps=100, save_steps=2, **FAST)
     with pytest.raises(KeyboardInterrupt):
-        train(sft_data, f"hf:{tiny}", out, config, callbacks=[_Crash(at=3)])
-    assert (out / "checkpoints" / "checkpoint-2").is_dir()
-    assert not (out / "checkpoints" / "checkpoint-4").exists()
+        finetune(sft_data, base=f"hf:{tiny}", out=out, config=config, callbacks=[_Crash(at=3)])
+    checkpoints = out / "checkpoints"
+    assert (checkpoints / "checkpoint-2" / "trainer_state.json").is_file()
     assert not (out / ADAPTER_MANIFEST).exists()  # no half-finished adapter
+    # A kill during the save of step 4: the weights are there, the trainer state (written last) is not.
+    partial = checkpoints / "checkpoint-4"
+    partial.mkdir()
+    shutil.copy(checkpoints / "checkpoint-2" / "adapter_model.safetensors", partial)
+    assert last_complete_checkpoint(checkpoints) == checkpoints / "checkpoint-2"
 
     with pytest.raises(DivconqError, match="resume"):
-        train(sft_data, f"hf:{tiny}", out, config)
+        finetune(sft_data, base=f"hf:{tiny}", out=out, config=config)
     other = build_tiny_chat_model(tmp_path / "other", seed=1)
     with pytest.raises(DivconqError, match="trained on base"):
-        train(sft_data, f"hf:{other}", out, config, resume=True)
+        finetune(sft_data, base=f"hf:{other}", out=out, config=config, resume=True)
 
-    result = train(sft_data, f"hf:{tiny}", out, config, resume=True)
-    assert result.resumed_from is not None and result.resumed_from.endswith("checkpoint-2")
-    assert result.steps == 5
-    assert (out / ADAPTER_MANIFEST).is_file() and (out / "adapter_model.safetensors").is_file()
-    assert json.loads((out / ADAPTER_MANIFEST).read_text())["metrics"]["steps"] == 5
-
-
-def test_input_errors_are_one_line(tiny, sft_data, tmp_path):
-    config = TrainConfig(max_steps=1, **FAST)
-    with pytest.raises(DivconqError, match="does not exist"):
-        train(tmp_path / "missing", f"hf:{tiny}", tmp_path / "o1", config)
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DivconqError, match="no train.jsonl"):
-        train(tmp_path / "empty", f"hf:{tiny}", tmp_path / "o2", config)
-
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    good_line = (sft_data / "train.jsonl").read_text().splitlines()[0]
-    (bad / "train.jsonl").write_text(good_line + "\n\n" + '{"messages": [oops\n')
-    with pytest.raises(DivconqError, match=r"train\.jsonl line 3: invalid JSON"):
-        train(bad, f"hf:{tiny}", tmp_path / "o3", config)
-    (bad / "train.jsonl").write_text(good_line + "\n" + json.dumps({"messages": [{"role": "user", "content": "x"},
-                                                                                 {"role": "user", "content": "y"}]}))
-    with pytest.raises(DivconqError, match=r"line 2: the last message must be the assistant"):
-        train(bad, f"hf:{tiny}", tmp_path / "o4", config)
-
-    with pytest.raises(ModelSpecError, match="cannot load model"):
-        train(sft_data, f"hf:{tmp_path / 'no-such-model'}", tmp_path / "o5", config)
-    with pytest.raises(DivconqError, match="local base"):
-        train(sft_data, "openai:gpt-4o-mini", tmp_path / "o6", config)
-    not_empty = tmp_path / "o7"
-    not_empty.mkdir()
-    (not_empty / "notes.txt").write_text("mine")
-    with pytest.raises(DivconqError, match="not empty"):
-        train(sft_data, f"hf:{tiny}", not_empty, config)
+    counter = StepCounter()
+    finetune(sft_data, base=f"hf:{tiny}", out=out, config=config, resume=True, callbacks=[counter])
+    result = read_result(out)
+    assert result.resumed_from == str(checkpoints / "checkpoint-2")
+    assert result.steps == 5 and counter.steps == 3  # steps 3, 4 and 5
+    assert (checkpoints / "checkpoint-4" / "trainer_state.json").is_file()  # saved again, completely
+    assert (out / "adapter_model.safetensors").is_file()
 
 
-def test_disk_full_while_saving_is_reported_and_keeps_checkpoints(tiny, sft_data, tmp_path, monkeypatch):
+def test_resume_of_a_finished_run_trains_nothing(tiny, sft_data, tmp_path):
+    out = tmp_path / "adapter"
+    config = TrainConfig(max_steps=3, eval_steps=100, save_steps=3, **FAST)
+    spec = finetune(sft_data, base=f"hf:{tiny}", out=out, config=config)
+    files = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir() if p.is_file()}
+
+    counter = StepCounter()
+    assert finetune(sft_data, base=f"hf:{tiny}", out=out, config=config, resume=True, callbacks=[counter]) == spec
+    assert counter.steps == 0
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir() if p.is_file()} == files
+
+    # Killed after the last checkpoint, before the adapter was installed: installed from it, untrained.
+    for name in (ADAPTER_MANIFEST, "adapter_model.safetensors", "adapter_config.json"):
+        (out / name).unlink()
+    finetune(sft_data, base=f"hf:{tiny}", out=out, config=config, resume=True, callbacks=[counter])
+    assert counter.steps == 0 and read_result(out).steps == 3
+    assert (out / "adapter_model.safetensors").read_bytes() == files["adapter_model.safetensors"][0]
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_resumable(tiny, sft_data, tmp_path, monkeypatch):
+    out = tmp_path / "adapter"
+    config = TrainConfig(max_steps=4, eval_steps=100, save_steps=2, **FAST)
+    real_save, saves = torch.save, []
+
+    def save(obj, f, *args, **kwargs):  # the optimizer state of the second checkpoint hits a full disk
+        saves.append(str(f))
+        if "checkpoint-4" in str(f):
+            raise RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing "
+                               "file data/12: file write failed")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(DivconqError, match="full disk.*rerun with resume") as info:
+        finetune(sft_data, base=f"hf:{tiny}", out=out, config=config)
+    assert "\n" not in str(info.value) and any("checkpoint-4" in s for s in saves)
+    checkpoints = out / "checkpoints"
+    assert last_complete_checkpoint(checkpoints) == checkpoints / "checkpoint-2"
+    assert (checkpoints / "checkpoint-4").is_dir()  # partial
+    monkeypatch.setattr(torch, "save", real_save)
+
+    finetune(sft_data, base=f"hf:{tiny}", out=out, config=config, resume=True)
+    assert read_result(out).steps == 4 and read_result(out).resumed_from.endswith("checkpoint-2")
+
+
+def test_a_full_disk_while_saving_the_adapter_keeps_checkpoints(tiny, sft_data, tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -211,7 +291,43 @@ def test_disk_full_while_saving_is_reported_and_keeps_checkpoints(tiny, sft_data
     out = tmp_path / "adapter"
     config = TrainConfig(max_steps=1, eval_steps=100, save_steps=1, **FAST)
     with pytest.raises(DivconqError, match="disk full") as info:
-        train(sft_data, f"hf:{tiny}", out, config)
+        finetune(sft_data, base=f"hf:{tiny}", out=out, config=config)
     assert "\n" not in str(info.value)
     assert (out / "checkpoints" / "checkpoint-1").is_dir()
     assert not (out / ADAPTER_MANIFEST).exists() and not list(out.glob(".adapter-*"))
+
+
+def test_input_errors_are_one_line(tiny, sft_data, tmp_path):
+    config = TrainConfig(max_steps=1, **FAST)
+
+    def run(data, out, base=f"hf:{tiny}"):
+        finetune(data, base=base, out=tmp_path / out, config=config)
+
+    with pytest.raises(DivconqError, match="does not exist"):
+        run(tmp_path / "missing", "o1")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DivconqError, match="no train.jsonl"):
+        run(tmp_path / "empty", "o2")
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    good_line = (sft_data / "train.jsonl").read_text().splitlines()[0]
+    (bad / "train.jsonl").write_text(good_line + "\n\n" + '{"messages": [oops\n')
+    with pytest.raises(DivconqError, match=r"train\.jsonl line 3: invalid JSON"):
+        run(bad, "o3")
+    (bad / "train.jsonl").write_text(good_line + "\n" + json.dumps({"messages": [{"role": "user", "content": "x"},
+                                                                                 {"role": "user", "content": "y"}]}))
+    with pytest.raises(DivconqError, match=r"line 2: the last message must be the assistant"):
+        run(bad, "o4")
+
+    with pytest.raises(ModelSpecError, match="cannot load model"):
+        run(sft_data, "o5", base=f"hf:{tmp_path / 'no-such-model'}")
+    with pytest.raises(DivconqError, match="local base"):
+        run(sft_data, "o6", base="openai:gpt-4o-mini")
+    not_empty = tmp_path / "o7"
+    not_empty.mkdir()
+    (not_empty / "notes.txt").write_text("mine")
+    with pytest.raises(DivconqError, match="not empty"):
+        run(sft_data, "o7")
+    with pytest.raises(DivconqError, match="lora_dropout"):
+        TrainConfig(lora_dropout=1.5)
