@@ -351,6 +351,7 @@ def _load_splits(data_dir: Path) -> tuple[list, list]:
     train = load_sft_jsonl(train_file)
     if not train:
         raise DivconqError(f"{train_file} is empty: rebuild the SFT data with more traces")
+    read_summary(data_dir)  # unreadable: said now, not after training
     return train, load_sft_jsonl(val_file) if val_file.is_file() else []
 
 
@@ -556,6 +557,16 @@ def _evaluate(trainer: SFTTrainer, when: str) -> float | None:
 # --------------------------------------------------------------------------- training
 
 
+@dataclass
+class _Resume:
+    """Where an earlier run in the output dir stands."""
+
+    manifest: dict | None  # of the adapter installed, when there is one
+    checkpoint: Path | None  # the last complete checkpoint
+    step: int | None  # its global step
+    run_info: dict  # the checkpoints' RUN_FILE: base fingerprint, validation loss before training
+
+
 def finetune(
     data: str | Path,
     *,
@@ -585,81 +596,148 @@ def finetune(
     """
     started = time.perf_counter()
     config = copy.copy(config or TrainConfig())
-    if base is not None:
-        config.base = base
+    config.base = base if base is not None else config.base
     data_dir, out_dir = Path(data), Path(out)
     merge_dir = Path(merge_to) if merge_to is not None else None
     checkpoints = Path(config.output_dir) if config.output_dir else out_dir / CHECKPOINTS
+    resume = resume and not overwrite
 
     # Inputs first: fail on bad data before loading any model.
-    train_conversations, val_conversations = _load_splits(data_dir)
-    data_summary = read_summary(data_dir)
-    if merge_dir is not None and merge_dir.exists() and (not merge_dir.is_dir() or any(merge_dir.iterdir())):
-        if not overwrite:
-            raise DivconqError(f"merge target {merge_dir} exists and is not empty: choose another dir or pass overwrite")
-    import torch
-
-    if config.bf16 and not torch.cuda.is_available():
-        raise DivconqError("bf16 training needs a CUDA GPU (bf16 on CPU is very slow): leave bf16 unset")
+    conversations = _load_splits(data_dir)
+    _check_merge_target(merge_dir, overwrite)
+    _check_device(config)
     base_path = _resolve_base(config.base)
     clear_checkpoints = _check_out_dir(out_dir, checkpoints, resume, overwrite)
 
-    model, tokenizer = load_causal_lm(base_path, for_training=True)
-    if not tokenizer.chat_template:
-        raise DivconqError(
-            f"base {config.base!r} has no chat template: use an instruction-tuned model, or set "
-            "tokenizer.chat_template and save the tokenizer into the model dir"
-        )
+    model, tokenizer = _load_base(base_path, config.base)
     fingerprint = model_fingerprint(model)
-    train_records, skipped = completion_records(tokenizer, train_conversations, config.max_length)
-    val_records, val_skipped = completion_records(tokenizer, val_conversations, config.max_length)
-    if not train_records:
-        raise DivconqError(
-            f"every training example is longer than max_length={config.max_length} tokens: raise max_length"
-        )
-
-    # Under torchrun / accelerate launch every process runs this function; only the first
-    # (RANK 0) touches files, the Trainer itself saves checkpoints from that one alone.
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    resume = resume and not overwrite
-    run_file = checkpoints / RUN_FILE
-    manifest = read_adapter_manifest(out_dir) if resume else None
-    if resume:
-        _check_same_base(run_file, manifest, config.base, fingerprint)
-    if clear_checkpoints and main_process:  # only now: a base that fails to load leaves the old run intact
+    (train_records, val_records), skipped = _records(tokenizer, conversations, config.max_length)
+    if clear_checkpoints and _is_main_process():  # only now: a base that fails to load leaves the old run intact
         shutil.rmtree(checkpoints)
-    last = last_complete_checkpoint(checkpoints, remove_partial=main_process) if resume else None
-    last_step = TrainerState.load_from_json(str(last / TRAINER_STATE_NAME)).global_step if last else None
-    run_info = json.loads(run_file.read_text()) if last is not None and run_file.is_file() else {}
-    run_info |= {"base_model": config.base, "base_fingerprint": fingerprint}
+    earlier = _earlier_run(out_dir, checkpoints, config.base, fingerprint) if resume else _Resume(None, None, None, {})
 
     args = _trainer_args(config, checkpoints, has_eval=bool(val_records))
     trainer = build_trainer(model, tokenizer, train_records, val_records, args, callbacks)
     total = _total_steps(trainer)
-    if manifest is not None:
-        done = manifest["metrics"]["steps"]
-        if done >= total and (last_step is None or last_step <= done):
-            logger.info("%s is finished (%d of %d steps): nothing to train", out_dir, done, total)
-            return student_spec(config.base, out_dir)
-        if last is None:
-            raise DivconqError(f"{out_dir} holds an adapter of {done} steps and no checkpoint to continue to "
-                               f"{total} steps from: pass overwrite to train again")
-    if resume and last is None:
+    if _is_finished(earlier, total, out_dir):
+        return student_spec(config.base, out_dir)
+    if resume and earlier.checkpoint is None:
         logger.info("no complete checkpoint in %s: starting from scratch", checkpoints)
 
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    if "eval_loss_before" not in run_info:  # the base model's loss: a resumed run measured it already
-        run_info["eval_loss_before"] = _evaluate(trainer, "before")
-    if main_process:
-        run_file.write_text(json.dumps(run_info, indent=2) + "\n")
+    run_info = _start_run(trainer, checkpoints, earlier.run_info | {"base_model": config.base,
+                                                                     "base_fingerprint": fingerprint})
+    train_loss_mean = _train_or_finish(trainer, earlier, total, checkpoints)
+    metrics = {
+        "train_loss": next((float(e["loss"]) for e in reversed(trainer.state.log_history) if "loss" in e), None),
+        "train_loss_mean": float(train_loss_mean) if train_loss_mean is not None else None,
+        "eval_loss_before": run_info["eval_loss_before"],
+        "eval_loss_after": _evaluate(trainer, "after"),
+        "steps": int(trainer.state.global_step),
+        "epochs": float(trainer.state.epoch or 0.0),
+        "train_examples": len(train_records),
+        "eval_examples": len(val_records),
+        "skipped_too_long": skipped,
+        "resumed_from": str(earlier.checkpoint) if earlier.checkpoint else None,
+    }
+    trainer.model.eval()
+    if not trainer.is_world_process_zero():
+        return student_spec(config.base, out_dir)  # the first process writes the adapter
+    manifest = _manifest(config, base_path, fingerprint, data_dir, metrics, trainer.state.log_history)
+    manifest["merged_dir"] = str(merge_dir) if merge_dir is not None else None
+    manifest["metrics"]["seconds"] = round(time.perf_counter() - started, 2)
+    _save_adapter_dir(trainer.model, tokenizer, manifest, out_dir, checkpoints)
+    if merge_dir is not None:
+        _save_merged(trainer.model, tokenizer, merge_dir, manifest, out_dir)
+    result = read_result(out_dir)
+    logger.info("%s", result.format())
+    return result.spec
 
-    train_loss_mean = None
+
+def _is_main_process() -> bool:
+    # Under torchrun / accelerate launch every process runs finetune; only the first
+    # (RANK 0) touches files, the Trainer itself saves checkpoints from that one alone.
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _check_merge_target(merge_dir: Path | None, overwrite: bool) -> None:
+    if merge_dir is not None and merge_dir.exists() and (not merge_dir.is_dir() or any(merge_dir.iterdir())):
+        if not overwrite:
+            raise DivconqError(f"merge target {merge_dir} exists and is not empty: choose another dir or pass overwrite")
+
+
+def _check_device(config: TrainConfig) -> None:
+    import torch
+
+    if config.bf16 and not torch.cuda.is_available():
+        raise DivconqError("bf16 training needs a CUDA GPU (bf16 on CPU is very slow): leave bf16 unset")
+
+
+def _load_base(base_path: str, base_spec: str) -> tuple[Any, Any]:
+    model, tokenizer = load_causal_lm(base_path, for_training=True)
+    if not tokenizer.chat_template:
+        raise DivconqError(
+            f"base {base_spec!r} has no chat template: use an instruction-tuned model, or set "
+            "tokenizer.chat_template and save the tokenizer into the model dir"
+        )
+    return model, tokenizer
+
+
+def _records(tokenizer: Any, conversations: tuple[list, list], max_length: int | None) -> tuple[tuple, int]:
+    """The train and validation records, and how many examples were too long for either."""
+    (train, skipped_train), (validation, skipped_val) = (
+        completion_records(tokenizer, split, max_length) for split in conversations
+    )
+    if not train:
+        raise DivconqError(f"every training example is longer than max_length={max_length} tokens: raise max_length")
+    return (train, validation), skipped_train + skipped_val
+
+
+def _earlier_run(out_dir: Path, checkpoints: Path, base_spec: str, fingerprint: str) -> _Resume:
+    run_file = checkpoints / RUN_FILE
+    manifest = read_adapter_manifest(out_dir)
+    _check_same_base(run_file, manifest, base_spec, fingerprint)
+    last = last_complete_checkpoint(checkpoints, remove_partial=_is_main_process())
+    if last is None:
+        return _Resume(manifest, None, None, {})
+    step = TrainerState.load_from_json(str(last / TRAINER_STATE_NAME)).global_step
+    return _Resume(manifest, last, step, json.loads(run_file.read_text()) if run_file.is_file() else {})
+
+
+def _is_finished(earlier: _Resume, total: int, out_dir: Path) -> bool:
+    """True when the installed adapter is the end of the run: a resume trains nothing."""
+    if earlier.manifest is None:
+        return False
+    done = earlier.manifest["metrics"]["steps"]
+    if done >= total and (earlier.step is None or earlier.step <= done):
+        logger.info("%s is finished (%d of %d steps): nothing to train", out_dir, done, total)
+        return True
+    if earlier.checkpoint is None:
+        raise DivconqError(f"{out_dir} holds an adapter of {done} steps and no checkpoint to continue to "
+                           f"{total} steps from: pass overwrite to train again")
+    return False
+
+
+def _start_run(trainer: SFTTrainer, checkpoints: Path, run_info: dict) -> dict:
+    """Write what a resume must match; the base's validation loss is measured once a run."""
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    if "eval_loss_before" not in run_info:
+        run_info["eval_loss_before"] = _evaluate(trainer, "before")
+    if _is_main_process():
+        (checkpoints / RUN_FILE).write_text(json.dumps(run_info, indent=2) + "\n")
+    return run_info
+
+
+def _train_or_finish(trainer: SFTTrainer, earlier: _Resume, total: int, checkpoints: Path) -> float | None:
+    """Train (from the last complete checkpoint, if any); a checkpoint that ends the run is
+    loaded instead, since transformers would train one step past it. The mean training
+    loss, when this call trained."""
     try:
-        if last_step is not None and last_step >= total:
-            logger.info("%s ends the run (%d steps): installing its adapter", last, last_step)
-            _load_checkpoint_adapter(trainer, last)
-        else:
-            train_loss_mean = trainer.train(resume_from_checkpoint=str(last) if last else None).training_loss
+        if earlier.step is not None and earlier.step >= total:
+            logger.info("%s ends the run (%d steps): installing its adapter", earlier.checkpoint, earlier.step)
+            _load_checkpoint_adapter(trainer, earlier.checkpoint)
+            return None
+        checkpoint = str(earlier.checkpoint) if earlier.checkpoint else None
+        return trainer.train(resume_from_checkpoint=checkpoint).training_loss
     except (OSError, RuntimeError) as exc:
         if reason := _write_failure(exc):
             raise DivconqError(
@@ -667,37 +745,11 @@ def finetune(
                 "(complete checkpoints are kept)"
             ) from None
         raise
-    eval_after = _evaluate(trainer, "after")
-
-    metrics = {
-        "train_loss": next((float(e["loss"]) for e in reversed(trainer.state.log_history) if "loss" in e), None),
-        "train_loss_mean": float(train_loss_mean) if train_loss_mean is not None else None,
-        "eval_loss_before": run_info["eval_loss_before"],
-        "eval_loss_after": eval_after,
-        "steps": int(trainer.state.global_step),
-        "epochs": float(trainer.state.epoch or 0.0),
-        "train_examples": len(train_records),
-        "eval_examples": len(val_records),
-        "skipped_too_long": skipped + val_skipped,
-        "resumed_from": str(last) if last else None,
-    }
-    manifest = _manifest(config, base_path, fingerprint, data_dir, data_summary, metrics, trainer.state.log_history)
-    manifest["merged_dir"] = str(merge_dir) if merge_dir is not None else None
-    peft_model = trainer.model
-    peft_model.eval()
-    if not trainer.is_world_process_zero():
-        return student_spec(config.base, out_dir)  # the first process writes the adapter
-    manifest["metrics"]["seconds"] = round(time.perf_counter() - started, 2)
-    _save_adapter_dir(peft_model, tokenizer, manifest, out_dir, checkpoints)
-    if merge_dir is not None:
-        _save_merged(peft_model, tokenizer, merge_dir, manifest, out_dir)
-    result = read_result(out_dir)
-    logger.info("%s", result.format())
-    return result.spec
 
 
-def _manifest(config: TrainConfig, base_path: str, fingerprint: str, data_dir: Path, data_summary: dict | None,
-              metrics: dict, log_history: list[dict]) -> dict[str, Any]:
+def _manifest(config: TrainConfig, base_path: str, fingerprint: str, data_dir: Path, metrics: dict,
+              log_history: list[dict]) -> dict[str, Any]:
+    data_summary = read_summary(data_dir)
     summary = data_summary or {}
     return {
         "base_model": config.base,
