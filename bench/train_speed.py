@@ -43,6 +43,8 @@ STRATEGIES = {
     "padded_length_groups": dict(train_sampling_strategy="group_by_length"),
     "padding_free": dict(train_sampling_strategy="random", padding_free=True),
     "packed_512": dict(train_sampling_strategy="random", packing=True),
+    # Rows of 512 tokens hold about two examples: 4 rows a step keep the recipe's examples per step.
+    "packed_512_4_rows": dict(train_sampling_strategy="random", packing=True, per_device_train_batch_size=4),
 }
 
 

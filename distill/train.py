@@ -116,10 +116,12 @@ class TrainConfig(SFTConfig):
                                  "CPU is slow)")
 
     def __post_init__(self) -> None:
-        if self.bf16 is None:  # TRL's unset means bf16 everywhere, CPUs included
-            import torch
+        import torch
 
+        if self.bf16 is None:  # TRL's unset means bf16 everywhere, CPUs included
             self.bf16 = torch.cuda.is_available()
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # it only speeds copies to a GPU; torch warns on every loader
         self._check()
         placed = self.output_dir is not None
         super().__post_init__()
@@ -544,14 +546,14 @@ def _load_checkpoint_adapter(trainer: SFTTrainer, checkpoint: Path) -> None:
     trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
 
 
-def _evaluate(trainer: SFTTrainer, when: str) -> float | None:
+def _validation_loss(trainer: SFTTrainer, *, at_end: bool) -> float | None:
+    """None without a validation split; at the end of training, the loss the last step
+    logged when it evaluated (transformers evaluates at the last step), not a second pass."""
     if trainer.eval_dataset is None:
         return None
-    at_end = [e["eval_loss"] for e in trainer.state.log_history
+    logged = [e["eval_loss"] for e in trainer.state.log_history
               if "eval_loss" in e and e.get("step") == trainer.state.global_step]
-    loss = float(at_end[-1]) if when == "after" and at_end else float(trainer.evaluate()["eval_loss"])
-    logger.info("validation loss %s training: %.4f", when, loss)
-    return loss
+    return float(logged[-1]) if at_end and logged else float(trainer.evaluate()["eval_loss"])
 
 
 # --------------------------------------------------------------------------- training
@@ -631,7 +633,7 @@ def finetune(
         "train_loss": next((float(e["loss"]) for e in reversed(trainer.state.log_history) if "loss" in e), None),
         "train_loss_mean": float(train_loss_mean) if train_loss_mean is not None else None,
         "eval_loss_before": run_info["eval_loss_before"],
-        "eval_loss_after": _evaluate(trainer, "after"),
+        "eval_loss_after": _validation_loss(trainer, at_end=True),
         "steps": int(trainer.state.global_step),
         "epochs": float(trainer.state.epoch or 0.0),
         "train_examples": len(train_records),
@@ -648,9 +650,8 @@ def finetune(
     _save_adapter_dir(trainer.model, tokenizer, manifest, out_dir, checkpoints)
     if merge_dir is not None:
         _save_merged(trainer.model, tokenizer, merge_dir, manifest, out_dir)
-    result = read_result(out_dir)
-    logger.info("%s", result.format())
-    return result.spec
+    logger.info("adapter -> %s (%d steps)", out_dir, metrics["steps"])
+    return student_spec(config.base, out_dir)
 
 
 def _is_main_process() -> bool:
@@ -721,7 +722,7 @@ def _start_run(trainer: SFTTrainer, checkpoints: Path, run_info: dict) -> dict:
     """Write what a resume must match; the base's validation loss is measured once a run."""
     checkpoints.mkdir(parents=True, exist_ok=True)
     if "eval_loss_before" not in run_info:
-        run_info["eval_loss_before"] = _evaluate(trainer, "before")
+        run_info["eval_loss_before"] = _validation_loss(trainer, at_end=False)
     if _is_main_process():
         (checkpoints / RUN_FILE).write_text(json.dumps(run_info, indent=2) + "\n")
     return run_info

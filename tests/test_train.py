@@ -136,6 +136,25 @@ def test_padding_free_batches_give_the_padded_loss(tiny, tmp_path):
         assert flat.compute_loss(flat.model, leaky).item() != pytest.approx(losses[0], rel=1e-3)
 
 
+def test_packing_keeps_each_example_and_its_completion_mask(tiny, tmp_path):
+    """Packed rows hold whole examples (too-long ones were skipped before) with their own
+    labels, and the loss of a packed row is the loss of the same examples padded."""
+    records = [{"prompt": PROMPT, "completion": [{"role": "assistant", "content": "1. What is " + "2 " * k + "?"}]}
+               for k in (1, 9, 30)]
+    padded, _ = _trainer(tiny, records, tmp_path, padding_free=False)
+    packed, _ = _trainer(tiny, records, tmp_path, packing=True)
+    assert len(packed.train_dataset) == 1  # all three fit one row of max_length 1024
+    row = packed.train_dataset[0]
+    singles = sorted((padded.train_dataset[i] for i in range(3)), key=lambda e: -len(e["input_ids"]))
+    assert row["seq_lengths"] == [len(e["input_ids"]) for e in singles]  # best-fit decreasing: longest first
+    assert row["labels"] == [label for e in singles for label in e["labels"]]
+    padded.model.eval(), packed.model.eval()
+    with torch.no_grad():
+        losses = [trainer.compute_loss(trainer.model, trainer.data_collator(features)).item()
+                  for trainer, features in ((padded, singles), (packed, [row]))]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
 def test_training_lowers_validation_loss_and_writes_adapter(trained, tiny, sft_data):
     spec, adapter, _ = trained
     assert spec == f"hf:{tiny}+adapter={adapter}"
