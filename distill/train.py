@@ -109,6 +109,14 @@ class TrainConfig(SFTConfig):
     save_steps: float = _setting(50, "steps between checkpoints (what --resume continues from)")
     save_total_limit: int | None = _setting(2, "checkpoints kept")
     logging_first_step: bool = _setting(True, "log the loss of the first step too (the start of the curve)")
+    # Padded batches in length groups: on a CPU (SDPA attention) the fastest of the batchings
+    # bench/train_speed.py compares. Padding-free and packed batches are right there too
+    # (tests/test_train.py), but a flattened batch costs a dense attention over all its
+    # tokens without flash attention's variable-length kernels.
+    train_sampling_strategy: str = _setting(
+        "group_by_length", "order of the training examples: 'group_by_length' batches examples of similar length "
+        "(little padding), 'random' does not; see also --padding_free and --packing (best with flash attention)",
+        choices=["random", "sequential", "group_by_length", "batch_rebalance"])
     # TRL turns it on (True), which also warns on every run since transformers renamed it
     # activation_checkpointing; unset, both are off: the students are small.
     gradient_checkpointing: bool | None = _setting(None, "deprecated name of --activation_checkpointing (unset: off)")

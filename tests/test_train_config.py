@@ -25,6 +25,7 @@ def test_the_config_is_trl_sft_config_with_our_defaults():
     assert isinstance(config, SFTConfig)
     assert (config.base, config.lora_r, config.lora_alpha, config.lora_target_modules) == ("default", 16, 32, "all-linear")
     assert config.learning_rate == 2e-4 and config.per_device_train_batch_size == 4 and config.max_length == 512
+    assert config.train_sampling_strategy == "group_by_length" and not config.padding_free and not config.packing
     # TRL's defaults are True, on any device.
     assert config.bf16 is False and config.activation_checkpointing is False and config.gradient_checkpointing is False
     lora = TrainConfig(lora_target_modules="q_proj, v_proj").lora()
