@@ -563,9 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "flags given override it")
     tr.add_argument("--resume", action="store_true",
                     help="continue from the last complete checkpoint in ADAPTER_DIR; a finished run is left as it is")
-    tr.add_argument("--overwrite", action="store_true")
+    tr.add_argument("--overwrite", action="store_true", help="start over in an ADAPTER_DIR that holds a run")
     tr.add_argument("--merge-to", metavar="DIR", help="also save a standalone model with the adapter merged")
-    tr.add_argument("--json", action="store_true")
+    tr.add_argument("--json", action="store_true", help="print the result as JSON")
 
     trace = sub.add_parser("trace", help="inspect, merge and import trace stores")
     trace_sub = trace.add_subparsers(dest="trace_command", required=True)

@@ -52,6 +52,7 @@ from trl import SFTConfig, SFTTrainer
 
 from divconq.distill.sft import read_summary
 from divconq.errors import DivconqError
+from divconq.safeio import atomic_write
 from divconq.nodes.models import (
     ADAPTER_MANIFEST,
     default_model_dir,
@@ -732,7 +733,7 @@ def _start_run(trainer: SFTTrainer, checkpoints: Path, run_info: dict) -> dict:
     if "eval_loss_before" not in run_info:
         run_info["eval_loss_before"] = _validation_loss(trainer, at_end=False)
     if _is_main_process():
-        (checkpoints / RUN_FILE).write_text(json.dumps(run_info, indent=2) + "\n")
+        atomic_write(checkpoints / RUN_FILE, json.dumps(run_info, indent=2) + "\n", what="run file")
     return run_info
 
 

@@ -98,3 +98,11 @@ def test_other_commands_do_not_import_trl():
             "p.format_help(); print('trl' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_finetune_is_part_of_the_distill_api():
+    import divconq.distill as distill
+    from divconq.distill import train
+
+    assert distill.finetune is train.finetune and distill.TrainConfig is TrainConfig
+    assert {"finetune", "TrainConfig"} <= set(distill.__all__)
