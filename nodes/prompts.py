@@ -20,7 +20,10 @@ from divconq.errors import DivconqError
 
 # 3: the joint solver's user turn ends by restating the original question (the decomposer
 # templates are unchanged since 2, so adapters trained on version 2 data still match).
-PROMPT_VERSION = "3"
+# 4: that turn ends with the answer marker itself, since a model that echoes the
+# instruction then writes no made-up answer after it. The paper's templates are unchanged
+# since 3.
+PROMPT_VERSION = "4"
 
 PromptStyle = Literal["divconq", "paper"]
 PROMPT_STYLES: tuple[str, ...] = get_args(PromptStyle)
@@ -50,11 +53,13 @@ _SOLVE = (
 )
 # The sub-questions often stop one step short of the question; a solver told only "then
 # the question" then answers the last sub-question. So the user turn ends by restating the
-# original question and saying that the sub-questions may not cover every step.
+# original question and saying that the sub-questions may not cover every step. Nothing
+# follows the marker: the embedded 135M solver echoes the instruction, and text after the
+# marker would be read as its answer.
 _SOLVE_REMINDER = (
     "Answer the sub-questions in order. They may not cover every step: finish any step still "
     "missing, then answer the original question: {question}\n"
-    'Finish with "The answer is: " and the answer to that original question.'
+    'End with a last line that starts with "The answer is: "'
 )
 
 _SOLVE_ONE = 'Answer the question concisely. End your response with "The answer is: " followed by the answer.'
