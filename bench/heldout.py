@@ -11,12 +11,12 @@ shipped adapter's, and any others given). The first 100 are the questions every 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from divconq.distill.datasets import load_dataset
 from divconq.distill.slices import held_out
 from divconq.nodes.models import DEFAULT_ADAPTER_DIR
+from divconq.safeio import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "gsm8k_heldout.txt"
@@ -34,9 +34,7 @@ def main() -> None:
     ids = held_out(load_dataset("gsm8k", args.data), training, args.size)
     header = (f"# GSM8K test ({args.data.name}): the first {args.size} questions in no training id list "
               f"({', '.join(p.name for p in args.training_ids)}); written by bench/heldout.py\n")
-    scratch = args.out.with_suffix(".partial")
-    scratch.write_text(header + "\n".join(ids) + "\n")
-    os.replace(scratch, args.out)
+    atomic_write(args.out, header + "\n".join(ids) + "\n", what="slice file")
     print(f"wrote {len(ids)} ids to {args.out}")
 
 

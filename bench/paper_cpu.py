@@ -30,6 +30,7 @@ from teacher import llama_server, native_server, teacher_gguf
 from divconq.cli import run_step as divconq
 from divconq.distill.evaluate import load_pricing, read_results, summarise
 from divconq.distill.stats import decomposed_share, paired_bootstrap, paired_rows
+from divconq.safeio import atomic_path, atomic_write
 from divconq.errors import DivconqError
 from divconq.nodes.models import require_server
 
@@ -197,16 +198,9 @@ def _plot(summaries: dict[str, dict], path: Path) -> None:
     ax.set_ylabel("GSM8K EM")
     ax.set_title("Held-out GSM8K: score against cost (teacher Qwen2.5-Coder-1.5B)")
     fig.tight_layout()
-    scratch = path.with_suffix(".partial.png")
-    fig.savefig(scratch, dpi=120)
+    with atomic_path(path, "plot") as scratch:
+        fig.savefig(scratch, dpi=120, format="png")
     plt.close(fig)
-    scratch.replace(path)
-
-
-def _write(path: Path, text: str) -> None:
-    scratch = path.with_suffix(path.suffix + ".partial")
-    scratch.write_text(text)
-    scratch.replace(path)
 
 
 def write_table(args: argparse.Namespace, setup: Setup) -> str:
@@ -219,8 +213,8 @@ def write_table(args: argparse.Namespace, setup: Setup) -> str:
     summaries = {name: row_summary(name, rows, baseline, setup) for name, rows in loaded.items()}
     out = RESULTS / setup.name
     table = _markdown(summaries)
-    _write(out.with_suffix(".md"), table + "\n")
-    _write(out.with_suffix(".json"), json.dumps(summaries, indent=2) + "\n")
+    atomic_write(out.with_suffix(".md"), table + "\n")
+    atomic_write(out.with_suffix(".json"), json.dumps(summaries, indent=2) + "\n")
     _plot(summaries, out.with_suffix(".png"))
     return table
 
