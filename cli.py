@@ -71,12 +71,10 @@ def graph_for_cli(args: argparse.Namespace) -> Any:
 def prompts_for_cli(args: argparse.Namespace) -> Any:
     """The task's prompts; ``--shots auto`` shows one worked example to the bare embedded
     model only, because small base models write no usable sub-questions zero-shot."""
-    from divconq.nodes.models import DEFAULT_ADAPTER_DIR
+    from divconq.nodes.models import needs_one_shot
     from divconq.nodes.prompts import PROMPT_STYLES, example_for, get_prompts, load_prompt_set, with_example
 
-    shipped = (DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file()
-    bare_default = args.decomposer == "default+adapter=none" or (args.decomposer == "default" and not shipped)
-    one_shot = {"auto": bare_default, "zero": False, "one": True}[args.shots]
+    one_shot = {"auto": needs_one_shot(args.decomposer), "zero": False, "one": True}[args.shots]
     style = getattr(args, "prompts", "divconq")
     if style in PROMPT_STYLES:
         return get_prompts(args.task, one_shot=one_shot, style=style)
