@@ -21,7 +21,7 @@ from divconq.distill.datasets import load_dataset
 from divconq.nodes import load_chat_model
 from divconq.nodes import prompts as P
 from divconq.nodes.models import DEFAULT_ADAPTER_DIR
-from divconq.nodes.nodes import DECOMPOSER, call_model
+from divconq.nodes.graph_nodes import DECOMPOSER, call_model
 from divconq.nodes.parsing import parse_subquestions
 
 SOCRATIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test_socratic.jsonl"

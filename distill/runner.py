@@ -32,7 +32,7 @@ from langchain_core.runnables import RunnableConfig
 
 from divconq.distill.datasets import Example
 from divconq.errors import DivconqError, OutputWriteError
-from divconq.nodes.nodes import is_transient_error
+from divconq.nodes.graph_nodes import is_transient_error
 
 
 @dataclass(frozen=True)

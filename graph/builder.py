@@ -26,7 +26,7 @@ from divconq.contract import GRAPH_METADATA_KEY, GRAPH_NAME, MODES, ROUTES, SOLV
 from divconq.errors import DivconqError
 from divconq.graph.context import MAX_CAP, Context, check_cap, check_choice, run_context
 from divconq.graph.state import DivConqState, InputState, OutputState
-from divconq.nodes import nodes as N
+from divconq.nodes import graph_nodes as N
 from divconq.nodes.models import DEFAULT_TIMEOUT_SECONDS, load_chat_model, parse_spec
 from divconq.nodes.prompts import PromptSet, get_prompts
 

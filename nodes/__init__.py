@@ -6,7 +6,7 @@ from divconq.nodes.models import (
     load_chat_model,
     parse_spec,
 )
-from divconq.nodes.nodes import DECOMPOSER, SOLVER, NodeSettings, call_model
+from divconq.nodes.graph_nodes import DECOMPOSER, SOLVER, NodeSettings, call_model
 from divconq.nodes.parsing import (
     NO_DECOMPOSITION,
     extract_answer,

@@ -654,7 +654,7 @@ def test_other_errors_are_not_retried():
 def test_solver_nodes_retry_too_in_parallel_branches():
     from langgraph.types import RetryPolicy
 
-    from divconq.nodes.nodes import is_transient_error
+    from divconq.nodes.graph_nodes import is_transient_error
 
     solver, calls = flaky(TimeoutError("slow"), 1, "The answer is: 1")
     retry = RetryPolicy(max_attempts=2, initial_interval=0.01, jitter=False, retry_on=is_transient_error)

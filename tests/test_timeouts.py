@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from langgraph.types import RetryPolicy
@@ -13,7 +14,7 @@ from langgraph.types import RetryPolicy
 from divconq.errors import ModelSpecError
 from divconq.graph import build_graph
 from divconq.nodes.models import DEFAULT_TIMEOUT_SECONDS, load_chat_model
-from divconq.nodes.nodes import is_transient_error
+from divconq.nodes.graph_nodes import is_transient_error
 
 
 class HungServer:
@@ -35,6 +36,14 @@ class HungServer:
             except OSError:
                 return
             self.accepted.append(conn)  # held open, never answered
+
+    def wait_for_accepted(self, count: int, within_s: float = 5.0) -> int:
+        """How many connections were accepted, waiting for ``count``: on a loaded machine a
+        connection the client made can sit in the backlog until this thread runs."""
+        deadline = time.monotonic() + within_s
+        while len(self.accepted) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(self.accepted)
 
     @property
     def spec(self) -> str:
@@ -63,7 +72,7 @@ def test_ask_on_a_hung_server_is_retried_then_one_line(hung_server):
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("divconq: error")]
     assert len(errors) == 1 and "did not answer within 1 s" in errors[0] and "--timeout" in errors[0]
-    assert len(hung_server.accepted) == 3  # the graph's three attempts, no hidden client retries
+    assert hung_server.wait_for_accepted(3) == 3  # the graph's three attempts, no hidden client retries
 
 
 def test_build_graph_timeout_makes_a_hung_call_a_transient_error(hung_server):
@@ -74,7 +83,7 @@ def test_build_graph_timeout_makes_a_hung_call_a_transient_error(hung_server):
     # A transient error (a request timeout, on a loaded machine at times seen as a dropped
     # connection), so the policy retried it: the server saw both attempts.
     assert is_transient_error(caught.value), repr(caught.value)
-    assert len(hung_server.accepted) == 2
+    assert hung_server.wait_for_accepted(2) == 2
 
 
 def test_api_models_get_the_default_timeout_and_no_client_retries():
