@@ -47,3 +47,44 @@ def test_recipe_data_mixes_gold_and_screened_teacher_decompositions(tmp_path):
     assert not any("No decomposition" in c for c in completions)
     summary = json.loads((data / "summary.json").read_text())
     assert summary["source"] == "gold+traces" and summary["train"] + summary["validation"] == 13
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "gsm8k").is_dir(), reason="needs ../shared/data")
+def test_recipe_never_trains_on_a_held_out_question_and_shortens_long_gold(tmp_path):
+    from divconq.distill.datasets import load_dataset
+
+    examples = load_dataset("gsm8k", SHARED_DATA / "gsm8k" / "test_socratic.jsonl")[:40]
+    held_out = frozenset(e.id for e in examples[:20])
+    config = RecipeConfig(gold=[GoldSource("gsm8k", "gsm8k/test_socratic.jsonl", "math", 30, long="shorten")])
+    data, summaries, ids = build_data(SHARED_DATA, tmp_path / "work", None, config, held_out)
+
+    assert ids and not ids & held_out
+    rows = [json.loads(line) for name in ("train.jsonl", "validation.jsonl") if (data / name).is_file()
+            for line in (data / name).read_text().splitlines()]
+    assert len(rows) == summaries["gold:gsm8k"]["kept"] == len(ids)
+    by_question = {e.question: e for e in load_dataset("gsm8k", SHARED_DATA / "gsm8k" / "test_socratic.jsonl")}
+    shortened = 0
+    for row in rows:
+        steps = row["messages"][-1]["content"].splitlines()
+        gold = by_question[row["messages"][-2]["content"].removeprefix("Question: ")].gold_subquestions
+        assert 1 <= len(steps) <= 3
+        if len(gold) > 3:  # the first two steps and the last
+            shortened += 1
+            assert [s.split(". ", 1)[1] for s in steps] == [*gold[:2], gold[-1]]
+    assert shortened, "some GSM8K gold decompositions run past three steps"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "gsm8k").is_dir(), reason="needs ../shared/data")
+def test_recipe_refuses_a_held_out_slice_it_would_train_on(tmp_path):
+    from divconq.distill.recipe import main
+
+    slice_file = tmp_path / "slice.txt"
+    slice_file.write_text("gsm8k-train-1\n")
+    store_path = tmp_path / "teacher.db"
+    with TraceStore(store_path) as store:
+        store.write_run(teacher_run(1, "1. How many pens did Ann buy?\n2. How many pens does Ann have?", True))
+    with pytest.raises(SystemExit) as ended:
+        main(["--data", str(SHARED_DATA), "--teacher-store", str(store_path), "--held-out", str(slice_file),
+              "--out", str(tmp_path / "adapter")])
+    assert "overlaps the training ids" in str(ended.value) and "\n" not in str(ended.value)
+    assert not (tmp_path / "adapter").exists()
