@@ -62,6 +62,10 @@ CONFIGS = {
     "sd_t": ("{base}+adapter={work}/adapters/sd_t", "{teacher}", "static", [], "S_D-T student decomposes, teacher solves"),
     "sd_r": ("{base}+adapter={work}/adapters/sd_r", "{teacher}", "static", [], "S_D-R student decomposes, teacher solves"),
     "shipped_student": ("default", "{teacher}", "static", [], "the shipped default student decomposes, teacher solves"),
+    # The recipe's student (python -m divconq.distill.recipe --held-out SLICE --out {work}/adapters/recipe):
+    # SmolLM2-135M + LoRA on gold decompositions of every GSM8K test question outside the slice.
+    "recipe_student": ("{base}+adapter={work}/adapters/recipe", "{teacher}", "static", [],
+                       "the recipe's student (gold decompositions outside the slice) decomposes, teacher solves"),
     "se_t": ("{teacher}", "{base}+adapter={work}/adapters/se_t", "static", [], "teacher decomposes, S_E-T student solves"),
 }
 # Rows are compared with this one: the teacher doing both stages, as the paper's students are.
