@@ -62,6 +62,9 @@ CONFIGS = {
     "sd_t": ("{base}+adapter={work}/adapters/sd_t", "{teacher}", "static", [], "S_D-T student decomposes, teacher solves"),
     "sd_r": ("{base}+adapter={work}/adapters/sd_r", "{teacher}", "static", [], "S_D-R student decomposes, teacher solves"),
     "shipped_student": ("default", "{teacher}", "static", [], "the shipped default student decomposes, teacher solves"),
+    # The adapter shipped before session 6 (472 gold + 24 teacher decompositions), kept at {work}/adapters/previous.
+    "previous_student": ("{base}+adapter={work}/adapters/previous", "{teacher}", "static", [],
+                         "the student shipped before (472 gold + 24 teacher decompositions) decomposes, teacher solves"),
     # The recipe's student (python -m divconq.distill.recipe --held-out SLICE --out {work}/adapters/recipe):
     # SmolLM2-135M + LoRA on gold decompositions of every GSM8K test question outside the slice.
     "recipe_student": ("{base}+adapter={work}/adapters/recipe", "{teacher}", "static", [],

@@ -5,7 +5,7 @@ the shipped adapter's training ids): the share of questions with a usable decomp
 the mean number of sub-questions, and the mean similarity of each gold sub-question to
 its best-matching predicted one (difflib ratio on normalised text; 1.0 = identical).
 
-    python bench/student_decompositions.py --questions 30 [--specs default default+adapter=none] [--json]
+    python bench/student_decompositions.py --questions 30 [--specs default default+adapter=none] [--slice FILE] [--json]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from divconq.distill.datasets import load_dataset
+from divconq.distill.slices import read_slice
 from divconq.nodes import load_chat_model
 from divconq.nodes import prompts as P
 from divconq.nodes.models import DEFAULT_ADAPTER_DIR
@@ -38,7 +39,12 @@ def gold_similarity(predicted: list[str], gold: list[str]) -> float:
     return sum(max(difflib.SequenceMatcher(None, _norm(g), _norm(p)).ratio() for p in predicted) for g in gold) / len(gold)
 
 
-def held_out(n: int) -> list:
+def held_out(n: int, slice_file: Path | None = None) -> list:
+    """``n`` questions with one to three gold steps: from a held-out slice file (in its
+    order), or else from the end of test_socratic outside the shipped adapter's ids."""
+    if slice_file is not None:
+        by_id = {e.id: e for e in load_dataset("gsm8k", SOCRATIC)}
+        return [by_id[i] for i in read_slice(slice_file).ids if 1 <= len(by_id[i].gold_subquestions) <= 3][:n]
     ids_file = DEFAULT_ADAPTER_DIR / "training_ids.txt"
     trained = set(ids_file.read_text().split()) if ids_file.is_file() else set()
     examples = [e for e in load_dataset("gsm8k", SOCRATIC) if e.id not in trained and 1 <= len(e.gold_subquestions) <= 3]
@@ -66,9 +72,11 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=30)
     parser.add_argument("--specs", nargs="+", default=["default+adapter=none", "default+adapter=none:one-shot", "default"],
                         help="decomposer specs; a ':one-shot' suffix adds the worked example to the prompt")
+    parser.add_argument("--slice", type=Path, help="take the questions from this held-out slice file (e.g. "
+                        "bench/results/gsm8k_heldout.txt, which no adapter here trained on)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    examples = held_out(args.questions)
+    examples = held_out(args.questions, args.slice)
     rows = []
     for spec in args.specs:
         rows.append(measure(spec.removesuffix(":one-shot"), examples, one_shot=spec.endswith(":one-shot")))

@@ -140,9 +140,11 @@ def build_data(data_root: Path, work: Path, teacher_store: Path | None, config: 
         }
     check_disjoint(Slice("held-out", tuple(sorted(held_out))), ids, "the recipe's data")
     totals = {key: sum(s[key] for s in summaries.values()) for key in ("train", "validation")}
-    write_card(combined, "divconq SFT data: S_D-R + gold decompositions", "The data of the shipped default adapter.")
+    # S_D-R only when the teacher's gold-screened traces are in: the gold sources are not screened.
+    paper_name = "S_D-R + gold decompositions" if teacher_store else "gold decompositions"
+    write_card(combined, f"divconq SFT data: {paper_name}", "The data of the shipped default adapter.")
     atomic_write(combined / "summary.json", json.dumps(scrub_value({
-        "variant": "decomposer", "screen": "gold", "task": "mixed", "paper_name": "S_D-R + gold decompositions",
+        "variant": "decomposer", "screen": "gold" if teacher_store else "none", "task": "mixed", "paper_name": paper_name,
         "prompt_version": PROMPT_VERSION, "source": "gold+traces" if teacher_store else "gold",
         **totals, "sources": summaries,
     }), indent=2) + "\n")
