@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from divconq.argcheck import OneLineParser, fraction, int_between, positive_float, positive_int
-from divconq.contract import DEFAULT_TIMEOUT_SECONDS, MAX_CAP, MODES, SOLVE_STRATEGIES, TASKS, VARIANTS
+from divconq.contract import DEFAULT_TIMEOUT_SECONDS, MAX_CAP, MODES, SCREENS, SOLVE_STRATEGIES, TASKS, VARIANTS
 from divconq.errors import DivconqError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -289,7 +289,7 @@ def in_shard(example_id: str, shard: tuple[int, int] | None) -> bool:
 
 @command("collect")
 def cmd_collect(args: argparse.Namespace) -> int:
-    from divconq.distill.metrics import score
+    from divconq.distill.metrics import matches_gold
     from divconq.distill.runner import RunSettings, run_examples
     from divconq.distill.traces import TraceRecorder, TraceStore
     from divconq.scrub import scrub_text
@@ -302,7 +302,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         print(f"{len(examples)} questions, {len(examples) - len(todo)} already in {args.store}, {len(todo)} to run",
               file=sys.stderr)
         graph = graph_for_cli(args)
-        recorder = TraceRecorder(store, scorer=lambda answer, gold: score(args.dataset, answer or "", gold)["score"] == 1.0)
+        recorder = TraceRecorder(store, scorer=functools.partial(matches_gold, args.dataset))
 
         def config_for(example: Any) -> dict[str, Any]:
             metadata = {"gold": list(example.answers), "example_id": example.id, "dataset": args.dataset}
@@ -537,7 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--store", metavar="TRACES.db", help="the trace store of divconq collect or trace import")
     sft.add_argument("--variant", default="decomposer", choices=VARIANTS,
                      help="what the student learns: the decomposer's sub-questions, or the solver's answers")
-    sft.add_argument("--screen", default="none", choices=["none", "gold"], help="gold: keep runs whose answer matched (S_D-R)")
+    sft.add_argument("--screen", default="none", choices=SCREENS,
+                     help="gold: keep runs whose answer matched (S_D-R); self: of the sampled decompositions of "
+                     "a question that led the solver to gold, the one with the fewest solver tokens (S_D-S, "
+                     "the stores of divconq improve)")
     sft.add_argument("--answer", default="teacher", choices=["teacher", "gold"], help="solver only: gold gives S_E-A")
     sft.add_argument("--gold-data", metavar="FILE", help="build decomposer data from a dataset's gold sub-questions")
     sft.add_argument("--gold-dataset", default="gsm8k", help="the dataset name of --gold-data")

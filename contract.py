@@ -27,12 +27,16 @@ Route = Literal["static", "dynamic", "single"]
 Solve = Literal["joint", "sequential", "parallel"]
 Task = Literal["math", "reading", "multihop"]
 Variant = Literal["decomposer", "solver"]
+# Which runs a decomposer SFT set keeps: all (S_D-T), those whose answer matched gold (S_D-R),
+# or the student's own sampled decompositions that led the solver to gold (S_D-S, divconq improve).
+Screen = Literal["none", "gold", "self"]
 
 MODES: tuple[Mode, ...] = get_args(Mode)
 ROUTES: tuple[Route, ...] = get_args(Route)
 SOLVE_STRATEGIES: tuple[Solve, ...] = get_args(Solve)
 TASKS: tuple[Task, ...] = get_args(Task)
 VARIANTS: tuple[Variant, ...] = get_args(Variant)
+SCREENS: tuple[Screen, ...] = get_args(Screen)
 
 # Every step of a run is bounded by the caps (max_subquestions, max_rounds); this keeps the
 # worst case (2 steps per dynamic round plus three) under LangGraph's default recursion limit of 25.

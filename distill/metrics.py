@@ -26,6 +26,7 @@ __all__ = [
     "drop_score",
     "get_metrics",
     "gsm8k_em",
+    "matches_gold",
     "normalize_text",
     "score",
     "strategyqa_accuracy",
@@ -352,3 +353,9 @@ def score(dataset_name: str, prediction: str, example_answers: Sequence[str]) ->
     raise ValueError(
         f"no metric for dataset {dataset_name!r}; scorable: gsm8k, drop, strategyqa, bamboogle, hotpotqa, jsonl"
     )
+
+
+def matches_gold(dataset_name: str, prediction: str | None, example_answers: Sequence[str]) -> bool:
+    """Whether a prediction scores full marks: how a run is screened on gold (a recorder's scorer,
+    ``functools.partial(matches_gold, dataset)``)."""
+    return score(dataset_name, prediction or "", example_answers)["score"] == 1.0

@@ -31,7 +31,7 @@ from typing import Literal
 from divconq.errors import DivconqError
 from divconq.distill.datasets import Example, load_dataset
 from divconq.distill.slices import Slice, check_disjoint, read_slice
-from divconq.distill.sft import CONFIG_FILES, SPLITS, build_sft_from_gold, sft_from_store, write_card
+from divconq.distill.sft import append_sft_files, build_sft_from_gold, sft_from_store, write_card
 from divconq.distill.train import TrainConfig, finetune, read_result
 from divconq.nodes.parsing import parse_subquestions
 from divconq.nodes.prompts import PROMPT_VERSION
@@ -99,15 +99,6 @@ def _slice(examples: list[Example], source: GoldSource, held_out: frozenset[str]
     return sorted(usable, key=lambda e: hashlib.sha1(e.id.encode()).hexdigest())[: source.take]
 
 
-def _append_jsonl(source_dir: Path, target_dir: Path) -> None:
-    for split in SPLITS:
-        for pattern in CONFIG_FILES.values():
-            source = source_dir / pattern.format(split=split)
-            if source.is_file():  # an empty split has no file
-                with (target_dir / source.name).open("a", encoding="utf-8") as out:
-                    out.write(source.read_text(encoding="utf-8"))
-
-
 def build_data(data_root: Path, work: Path, teacher_store: Path | None, config: RecipeConfig,
                held_out: frozenset[str] = frozenset()) -> tuple[Path, dict, set[str]]:
     """One SFT dir from every source, none of ``held_out``'s questions in it; returns it,
@@ -119,7 +110,7 @@ def build_data(data_root: Path, work: Path, teacher_store: Path | None, config: 
     for source in config.gold:
         examples = _slice(load_dataset(source.dataset, data_root / source.path), source, held_out)
         summary = build_sft_from_gold(examples, work / source.dataset, task=source.task)
-        _append_jsonl(work / source.dataset, combined)
+        append_sft_files(work / source.dataset, combined)
         summaries[f"gold:{source.dataset}"] = summary.to_dict()
         ids |= {e.id for e in examples}
     if teacher_store is not None:
@@ -127,7 +118,7 @@ def build_data(data_root: Path, work: Path, teacher_store: Path | None, config: 
 
         summary = sft_from_store(teacher_store, screen="gold", out_dir=work / "teacher", task=config.teacher_task,
                                  keep_no_decomposition=config.teacher_no_decomposition)
-        _append_jsonl(work / "teacher", combined)
+        append_sft_files(work / "teacher", combined)
         summaries["teacher:S_D-R"] = summary.to_dict()
         with TraceStore(teacher_store, readonly=True) as store:
             runs = list(store.runs())

@@ -7,6 +7,9 @@ variant    screen      answer      paper name: what the student learns
 =========  ==========  ==========  ===================================================
 decomposer none        -           S_D-T: every usable teacher decomposition
 decomposer gold        -           S_D-R: decompositions of runs whose answer was right
+decomposer self        -           S_D-S: the student's own sampled decompositions that led
+                                   the solver to gold, per question the one with the fewest
+                                   solver tokens (``divconq improve``)
 solver     none|gold   teacher     S_E-T: the teacher's sub-answers and final answer
 solver     none|gold   gold        S_E-A: the same with the final answer set to gold
 =========  ==========  ==========  ===================================================
@@ -46,6 +49,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
+from divconq.contract import SCREENS
 from divconq.errors import DivconqError
 from divconq.nodes.parsing import NO_DECOMPOSITION, is_no_decomposition, parse_subquestions
 from divconq.nodes.prompts import PromptSet, decompose_messages, get_prompts, solve_messages
@@ -55,6 +59,7 @@ from divconq.scrub import scrub_text, scrub_value
 __all__ = [
     "SFT_FILES",
     "SftSummary",
+    "append_sft_files",
     "build_sft",
     "build_sft_from_gold",
     "normalise_question",
@@ -64,7 +69,6 @@ __all__ = [
 ]
 
 VARIANTS = ("decomposer", "solver")
-SCREENS = ("none", "gold")
 ANSWERS = ("teacher", "gold")
 SPLITS = ("train", "validation")
 # One file per (config, split); the dataset card names them for `datasets.load_dataset`.
@@ -143,7 +147,7 @@ def paper_name(variant: str, screen: str = "none", answer: str = "teacher") -> s
     """The paper's name for a variant: S_D-T, S_D-R, S_E-T or S_E-A (with "+R" when a
     solver set is also screened on gold)."""
     if variant == "decomposer":
-        return "S_D-R" if screen == "gold" else "S_D-T"
+        return {"gold": "S_D-R", "self": "S_D-S"}.get(screen, "S_D-T")
     name = "S_E-A" if answer == "gold" else "S_E-T"
     return name + ("+R" if screen == "gold" else "")
 
@@ -430,6 +434,8 @@ def build_sft(
     _check_choice("answer", answer, ANSWERS)
     if variant == "decomposer" and answer != "teacher":
         raise DivconqError("answer='gold' applies to the solver variant only (S_E-A); use variant='solver'")
+    if variant == "solver" and screen == "self":
+        raise DivconqError("screen='self' applies to the decomposer variant only (S_D-S); use screen='gold' for solvers")
     out_dir, prompts, summary = _begin(
         out_dir, overwrite, task, max_subquestions, val_fraction, variant=variant, screen=screen,
         answer=answer if variant == "solver" else None, paper_name=paper_name(variant, screen, answer), source="traces",
@@ -437,6 +443,10 @@ def build_sft(
     dropped: Counter = Counter()
     kept: list[tuple[str, dict[str, Any]]] = []
     seen_keys: set[str] = set()
+    if screen == "self":
+        runs, passed_over = _fewest_solver_tokens(runs)
+        dropped.update(passed_over)
+        summary.seen += sum(passed_over.values())
     for run in runs:
         summary.seen += 1
         status = getattr(run, "status", "ok")
@@ -447,7 +457,7 @@ def build_sft(
         if not isinstance(question, str) or not question.strip():
             dropped["no question"] += 1
             continue
-        if screen == "gold":
+        if screen != "none":
             correct = getattr(run, "correct", None)
             if correct is None:
                 dropped["no gold to screen against"] += 1
@@ -475,13 +485,64 @@ def build_sft(
         else:
             summary.answer_appended += int(flag)
         kept.append((split_of(key, val_fraction), example))
-    if screen == "gold":
+    if screen == "self":
+        hint = "no sampled decomposition led the solver to gold: sample more (divconq improve --samples) or use --screen none"
+    elif screen == "gold":
         hint = "no run matched gold: collect traces with --gold so runs are scored, or use --screen none"
     elif variant == "solver":
         hint = "the solver variants need static joint runs (mode static, solve joint) with sub-questions"
     else:
         hint = "the decomposer variants need static runs whose decomposer wrote sub-questions"
     return _finish(kept, summary, dropped, out_dir, overwrite, hint)
+
+
+def solver_tokens(run: Any) -> int:
+    """The tokens the solver read and wrote in a run: what using its decomposition cost."""
+    usage = getattr(run, "usage", None) or {}
+    solver = usage.get("solver") if isinstance(usage, dict) else None
+    if not isinstance(solver, dict):
+        return 0
+    return int(solver.get("input_tokens") or 0) + int(solver.get("output_tokens") or 0)
+
+
+CHEAPER_SAMPLE_KEPT = "another sample of the question cost the solver fewer tokens (kept that one)"
+
+
+def _fewest_solver_tokens(runs: Iterable[Any]) -> tuple[list[Any], Counter]:
+    """S_D-S screening: of the runs of one question whose decomposition led the solver to
+    gold, the one with the fewest solver tokens (the first of equals).
+
+    Returns those runs, then every run that is no candidate (not ok, unscored, wrong, or
+    with no sub-questions), which ``build_sft`` drops with its reason (or keeps, for a
+    question no candidate covers); and the candidates passed over, as drop reasons.
+    """
+    best: dict[str, Any] = {}
+    others: list[Any] = []
+    passed_over: Counter = Counter()
+    for run in runs:
+        question = getattr(run, "question", None)
+        candidate = (getattr(run, "status", "ok") in (None, "ok") and isinstance(question, str)
+                     and getattr(run, "correct", None) is True and bool(getattr(run, "subquestions", None)))
+        if not candidate:
+            others.append(run)
+            continue
+        key = normalise_question(question, getattr(run, "context", None))
+        if key in best:
+            passed_over[CHEAPER_SAMPLE_KEPT] += 1
+            if solver_tokens(best[key]) <= solver_tokens(run):
+                continue
+        best[key] = run
+    return list(best.values()) + others, passed_over
+
+
+def append_sft_files(source_dir: str | Path, target_dir: str | Path) -> None:
+    """Append the example files of one SFT dir to those of another (card and summary aside)."""
+    for split in SPLITS:
+        for pattern in CONFIG_FILES.values():
+            source = Path(source_dir) / pattern.format(split=split)
+            if source.is_file():  # an empty split has no file
+                with (Path(target_dir) / source.name).open("a", encoding="utf-8") as out:
+                    out.write(source.read_text(encoding="utf-8"))
 
 
 def sft_from_store(

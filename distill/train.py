@@ -766,7 +766,10 @@ def _manifest(config: TrainConfig, base_path: str, fingerprint: str, data_dir: P
         "base_path": base_path,
         "base_fingerprint": fingerprint,
         **{k: summary.get(k) for k in ("variant", "screen", "answer", "paper_name", "task", "prompt_version",
-                                       "max_subquestions")},
+                                       "max_subquestions", "source")},
+        # Where the data came from beyond its variant, e.g. the round, student and solver of
+        # divconq improve that sampled and screened it.
+        "provenance": summary.get("provenance"),
         "data_dir": str(data_dir),
         "data": data_summary,
         "training": config.to_dict(),
