@@ -384,6 +384,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("improve")
+def cmd_improve(args: argparse.Namespace) -> int:
+    from divconq.distill.self_improve import HeldOut, ImproveConfig, format_rounds, improve
+    from divconq.distill.train import config_from_cli
+
+    config = ImproveConfig(samples=args.samples, temperature=args.temperature, rounds=args.rounds,
+                           questions=args.questions, draws=args.draws, task=args.task,
+                           max_subquestions=args.max_subquestions, max_new_tokens=args.max_new_tokens,
+                           concurrency=args.concurrency, val_fraction=args.val_fraction, seed=args.seed)
+    if args.eval_data is None and (args.eval_slice or args.eval_limit):
+        raise DivconqError("--eval-slice and --eval-limit need --eval-data FILE, the held-out questions")
+    heldout = HeldOut(args.eval_data, args.eval_slice, args.eval_limit) if args.eval_data else None
+    train_config = config_from_cli(argparse.Namespace(), config_file=args.config,
+                                   **({"disable_tqdm": True} if args.json else {}))
+    for name in ("divconq.distill.self_improve", "divconq.distill.train"):  # progress lines on stderr
+        logging.getLogger(name).setLevel(logging.INFO)
+    result = improve(args.student, args.solver, dataset=args.dataset, data=args.data, out=args.out,
+                     screen_solver=args.screen_solver, heldout=heldout, prior_data=args.prior_data, config=config,
+                     train_config=train_config, timeout=args.timeout, progress=not args.json)
+    print(json.dumps(result.to_dict(), indent=2, default=str) if args.json else format_rounds(result.rounds))
+    return 0
+
+
 @command("report")
 def cmd_report(args: argparse.Namespace) -> int:
     from divconq.distill.evaluate import load_pricing, report
@@ -487,6 +510,51 @@ def _train_settings_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
+def _add_improve_parser(sub: Any) -> None:
+    imp = sub.add_parser("improve", help="the student improves itself from the solver's feedback (resumable)",
+                         description="Each round the student samples K distinct decompositions per training "
+                         "question, the screening solver answers with each through the graph, the ones that reached "
+                         "gold are kept (per question the fewest solver tokens: S_D-S) and a new student is trained "
+                         "on them with the prior data; the held-out score is measured each round.")
+    imp.add_argument("--student", default="default", metavar="SPEC",
+                     help="the starting decomposer, a local model: default, default+adapter=DIR, hf:DIR[+adapter=DIR] "
+                     "(default: %(default)s)")
+    imp.add_argument("--solver", required=True, metavar="SPEC", help="the solver of the held-out evaluation")
+    imp.add_argument("--screen-solver", metavar="SPEC",
+                     help="a (cheaper) solver that screens the samples (default: --solver)")
+    imp.add_argument("--dataset", required=True, help="gsm8k, drop, bamboogle, strategyqa, hotpotqa or jsonl")
+    imp.add_argument("--data", required=True, metavar="FILE", help="training questions with gold answers")
+    imp.add_argument("--out", required=True, metavar="DIR", help="the run's directory; rerun with it to resume")
+    imp.add_argument("--samples", type=int_between(2), default=4, metavar="K",
+                     help="distinct decompositions sampled per question, at least 2 (default: %(default)s)")
+    imp.add_argument("--temperature", type=positive_float, default=0.8, help="sampling temperature (default: %(default)s)")
+    imp.add_argument("--draws", type=positive_int, metavar="M",
+                     help="decompositions drawn per question to find K distinct ones (default: 2K)")
+    imp.add_argument("--rounds", type=positive_int, default=1, metavar="R", help="rounds to run (default: %(default)s)")
+    imp.add_argument("--questions", type=positive_int, metavar="N",
+                     help="question budget of a round: the first N training questions no earlier round kept")
+    imp.add_argument("--eval-data", metavar="FILE", help="held-out questions scored each round (same --dataset)")
+    imp.add_argument("--eval-slice", metavar="FILE", help="score exactly these ids of --eval-data, e.g. "
+                     "bench/results/gsm8k_heldout.txt")
+    imp.add_argument("--eval-limit", type=positive_int, metavar="N", help="score the first N held-out questions")
+    imp.add_argument("--prior-data", metavar="DIR", help="an SFT dir the student was trained on, trained on again "
+                     "with the kept set (without it each round trains on the kept sets alone)")
+    imp.add_argument("--config", metavar="FILE", help="training settings as YAML or JSON (the keys of divconq train)")
+    imp.add_argument("--concurrency", type=positive_int, default=2, metavar="K",
+                     help="screening and evaluation questions in flight (default: %(default)s)")
+    imp.add_argument("--val-fraction", type=fraction, default=0.1, metavar="F",
+                     help="share of kept questions in the validation split (default: %(default)s)")
+    imp.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: %(default)s)")
+    imp.add_argument("--task", default="math", choices=TASKS, help="prompt variant (default: %(default)s)")
+    imp.add_argument("--max-subquestions", type=int_between(1, MAX_CAP), default=3, metavar="N",
+                     help="cap on sub-questions (default: %(default)s)")
+    imp.add_argument("--max-new-tokens", type=positive_int, default=256, metavar="N",
+                     help="cap on tokens per model reply (default: %(default)s)")
+    imp.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_SECONDS, metavar="SECONDS",
+                     help="seconds an API model may take per request (default: %(default)s)")
+    imp.add_argument("--json", action="store_true", help="print every round's figures as JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="divconq", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -567,6 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="start over in an ADAPTER_DIR that holds a run")
     tr.add_argument("--merge-to", metavar="DIR", help="also save a standalone model with the adapter merged")
     tr.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    _add_improve_parser(sub)
 
     trace = sub.add_parser("trace", help="inspect, merge and import trace stores")
     trace_sub = trace.add_subparsers(dest="trace_command", required=True)

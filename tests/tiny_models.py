@@ -7,6 +7,10 @@ hidden size 32.  Weights are seeded, and the generation config is greedy, so the
 output for a given prompt is deterministic on a given torch build; it suppresses
 every non-printable byte, so replies are short printable-ASCII gibberish (at least
 one character: end of turn is suppressed on the first step).
+
+With ``phrases`` the model writes only those (each one token, e.g. whole sub-question
+lines) and end of turn: a decomposer whose every reply parses, and whose sampled replies
+differ, for tests of sampling and screening decompositions.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ CHAT_TEMPLATE = (
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def build_tiny_tokenizer():
-    """A PreTrainedTokenizerFast over raw bytes with ChatML specials and a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def build_tiny_tokenizer(phrases=()):
+    """A PreTrainedTokenizerFast over raw bytes with ChatML specials and a chat template;
+    each of ``phrases`` is one more token."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     byte_symbols = sorted(pre_tokenizers.ByteLevel.alphabet())  # the 256 byte-level characters
@@ -46,10 +51,12 @@ def build_tiny_tokenizer():
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
     )
     fast.chat_template = CHAT_TEMPLATE
+    if phrases:
+        fast.add_tokens([AddedToken(p, normalized=False, special=False) for p in phrases])
     return fast
 
 
-def build_tiny_chat_model(path: str | os.PathLike, *, seed: int = 0) -> Path:
+def build_tiny_chat_model(path: str | os.PathLike, *, seed: int = 0, phrases=()) -> Path:
     """Save a tiny random LlamaForCausalLM chat model (config, weights, tokenizer,
     chat template, greedy generation config) into `path` and return it as a Path.
 
@@ -62,7 +69,7 @@ def build_tiny_chat_model(path: str | os.PathLike, *, seed: int = 0) -> Path:
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = build_tiny_tokenizer(phrases)
 
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -87,6 +94,8 @@ def build_tiny_chat_model(path: str | os.PathLike, *, seed: int = 0) -> Path:
 
     specials = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
     printable = {tokenizer.convert_tokens_to_ids(t) for t in tokenizer.tokenize("".join(map(chr, range(0x20, 0x7F))))}
+    if phrases:
+        printable = set(tokenizer.convert_tokens_to_ids(list(phrases)))
     model.generation_config = GenerationConfig(
         do_sample=False,
         max_new_tokens=16,
