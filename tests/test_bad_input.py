@@ -67,6 +67,7 @@ def world(tmp_path_factory, tiny_model_dir):
         "ls_noid.jsonl": '{"a": 1}\n',
         "ls_badfield.jsonl": '{"id": "not-a-uuid", "run_type": "chain", "name": "x"}\n',
         "spaces.txt": "   \n\n",
+        "qdmr.csv": "question_id,question_text,decomposition\nb1,What is the tallest tower?,return towers ;return #1 that is tallest\n",
     }
     for name, body in text.items():
         (w / name).write_text(body, encoding="utf-8")
@@ -126,6 +127,7 @@ COLLECT = "collect --dataset jsonl --data {w}/q.jsonl --store {t}/s.db --decompo
 ASK = "ask 'What is 2+2?' --mode single --decomposer {tiny} --solver {tiny}"
 SFT = "sft --store {w}/good.db --out {t}/sft"
 TRAIN = "train --data {w}/sft_garbage --out {t}/adapter"
+IMPROVE = "improve --student {tiny} --solver {tiny} --dataset jsonl --data {w}/q.jsonl --out {t}/improve"
 BAD_NUMBERS = ["0", "-1", "-5", "1.5", "abc", "''", "1e3x"]
 BAD_FLOATS = ["0", "-1", "nan", "inf", "abc", "''"]
 
@@ -267,6 +269,31 @@ CASES: list[tuple[str, str]] = [
       for flag in ["lr", "epochs"] for v in ["x", "''"]],
     *[(f"train {flag} {v}", f"{TRAIN} --{flag} {v}")
       for flag in ["max-steps", "batch-size", "lora-r"] for v in ["x", "1.5"]],
+    # -- improve
+    ("improve no args", "improve"),
+    ("improve no solver", IMPROVE.replace("--solver {tiny} ", "")),
+    *[(f"improve samples {v}", f"{IMPROVE} --samples {v}") for v in ["1", "0", "-2", "x", "1.5"]],
+    *[(f"improve temperature {v}", f"{IMPROVE} --temperature {v}") for v in BAD_FLOATS],
+    *[(f"improve {flag} {v}", f"{IMPROVE} --{flag} {v}") for flag in ["rounds", "questions", "draws", "eval-limit"]
+      for v in ["0", "x"]],
+    ("improve draws below samples", f"{IMPROVE} --samples 4 --draws 3"),
+    ("improve dataset without gold answers", IMPROVE.replace("jsonl --data {w}/q.jsonl", "break --data {w}/qdmr.csv")),
+    ("improve data missing", IMPROVE.replace("{w}/q.jsonl", "{w}/missing.jsonl")),
+    ("improve data not the dataset", IMPROVE.replace("{w}/q.jsonl", "{w}/noanswer.jsonl")),
+    ("improve student api spec", IMPROVE.replace("--student {tiny}", "--student openai:gpt-4o-mini")),
+    ("improve student gold spec", IMPROVE.replace("--student {tiny}", "--student gold:gsm8k:{w}/q.jsonl")),
+    ("improve student nonsense", IMPROVE.replace("--student {tiny}", "--student nonsense")),
+    ("improve solver gold spec", IMPROVE.replace("--solver {tiny}", "--solver gold:gsm8k:{w}/q.jsonl")),
+    ("improve solver nonsense", IMPROVE.replace("--solver {tiny}", "--solver nonsense")),
+    ("improve eval slice without eval data", f"{IMPROVE} --eval-slice {{w}}/allids.txt"),
+    ("improve eval data missing", f"{IMPROVE} --eval-data {{w}}/missing.jsonl"),
+    ("improve eval slice not in eval data", f"{IMPROVE} --eval-data {{w}}/q.jsonl --eval-slice {{w}}/file.txt"),
+    ("improve eval takes every question", f"{IMPROVE} --eval-data {{w}}/q.jsonl"),
+    ("improve prior data missing", f"{IMPROVE} --prior-data {{w}}/missing"),
+    ("improve prior data not sft", f"{IMPROVE} --prior-data {{w}}/sft_empty"),
+    ("improve config unreadable", f"{IMPROVE} --config {{w}}/binary.bin"),
+    ("improve out is a file", IMPROVE.replace("{t}/improve", "{w}/file.txt")),
+    ("improve task bogus", f"{IMPROVE} --task poetry"),
     # -- report
     ("report no files", "report"),
     *[(f"report results {name}", f"report {{w}}/{name}")
@@ -312,7 +339,7 @@ def _no_api_credentials(monkeypatch):
 
 def test_the_battery_is_large_and_covers_every_verb():
     verbs = {(shlex.split(args) or [""])[0] for _, args in CASES}
-    assert {"ask", "draw", "eval", "collect", "sft", "train", "report", "trace"} <= verbs
+    assert {"ask", "draw", "eval", "collect", "sft", "train", "improve", "report", "trace"} <= verbs
     trace_verbs = {shlex.split(args)[1] for _, args in CASES if args.startswith("trace ") and len(shlex.split(args)) > 1}
     assert {"show", "list", "merge", "import"} <= trace_verbs
     assert len(CASES) >= 200 and len({name for name, _ in CASES}) == len(CASES)
