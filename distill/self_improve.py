@@ -289,11 +289,14 @@ def _round(plan: _Plan, number: int, student: str) -> dict[str, Any]:
         _stop_without_signal(plan, number, stats)
         with _timed(paths, "keep"):
             _keep(plan, number, paths)
+    from divconq.distill.train import student_spec
+    from divconq.nodes.models import ADAPTER_MANIFEST
+
     stats = _read_json(paths.screening)
-    new_student = _student_spec(plan.base, paths.adapter)
+    new_student = student_spec(plan.base, paths.adapter)
     if not (paths.train_data / SUMMARY_FILE).is_file():
         _training_data(plan, number, paths, student, stats)
-    if not (paths.adapter / "divconq_adapter.json").is_file():
+    if not (paths.adapter / ADAPTER_MANIFEST).is_file():
         with _timed(paths, "train"):
             _train(plan, number, paths)
     with _timed(paths, "evaluate"):
@@ -658,10 +661,6 @@ def _evaluate(plan: _Plan, student: str, out: Path) -> list[dict[str, Any]]:
     rows = evaluate(graph, plan.heldout, dataset=plan.dataset, out=out, run_info=run_info,
                     settings=RunSettings(concurrency=plan.config.concurrency, progress=plan.progress))
     return [row for row in rows if row["id"] in wanted]
-
-
-def _student_spec(base: str, adapter: Path) -> str:
-    return f"{base}+adapter={adapter}"
 
 
 # --------------------------------------------------------------------------- figures

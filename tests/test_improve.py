@@ -134,6 +134,19 @@ def test_sampling_keeps_k_distinct_usable_decompositions_and_counts_every_draw(s
     assert again.samples == draws.samples  # seeded: a resumed run draws what the first would have
 
 
+@pytest.mark.default_model
+def test_the_embedded_student_samples_distinct_real_decompositions():
+    student = load_chat_model("default", role="decomposer", max_new_tokens=64)
+    text = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+            "How many clips did Natalia sell altogether in April and May?")
+    messages = decompose_messages(get_prompts("math"), text, None, 3)
+    draws = sample_decompositions(student, messages, question=text, samples=2, draws=4, temperature=0.8,
+                                  max_subquestions=3, max_new_tokens=64, seed=0)
+    assert len(draws.samples) == 2 and key(draws.samples[0].subquestions) != key(draws.samples[1].subquestions)
+    assert all(q.endswith("?") for s in draws.samples for q in s.subquestions)
+    assert draws.samples[0].input_tokens > 100  # the real chat-templated prompt
+
+
 def test_the_sampled_decomposer_serves_only_the_sample_a_run_names():
     prompts = get_prompts("math")
     messages = decompose_messages(prompts, "Q?", None, 3)
