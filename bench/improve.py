@@ -7,7 +7,7 @@ names both. Student: the embedded SmolLM2-135M-Instruct with a LoRA adapter.
 
 So that a round's gain is the kept data's and nothing else's, round 0 is by default a
 student trained here, by the same trainer with the same settings (the recipe's), on the
-prior data alone: the recipe's gold decompositions (``divconq.distill.recipe.build_data``;
+prior data alone: the recipe's gold decompositions outside the slice (``divconq.distill.recipe.build_data``;
 with ``--teacher-store`` its teacher traces too). Every round then retrains the base on
 that prior data plus the kept sets. ``--start shipped`` starts from the shipped adapter
 instead (its teacher traces are not in the prior data then, unless given).
@@ -62,20 +62,26 @@ def _start_student(args: argparse.Namespace) -> tuple[str, Path | None]:
     """The round 0 student and the prior data every round trains on again."""
     if args.student:
         return args.student, args.prior_data
-    from divconq.distill.recipe import RecipeConfig, build_data
+    from divconq.distill.recipe import TRAINING_IDS_FILE, RecipeConfig, build_data
+    from divconq.distill.slices import read_slice
     from divconq.distill.train import finetune
 
     prior = args.work / "prior" / "sft"
-    if not (prior / "summary.json").is_file():  # built whole or not at all: a stopped build starts over
+    ids_file = args.work / "prior" / TRAINING_IDS_FILE
+    if not ids_file.is_file():  # built whole or not at all: a stopped build starts over
         print(f"[{time.strftime('%H:%M:%S')}] prior data: building the recipe's gold decompositions", flush=True)
         shutil.rmtree(args.work / "prior", ignore_errors=True)
-        build_data(ROOT_DATA, args.work / "prior", args.teacher_store, RecipeConfig())
+        held_out = frozenset(read_slice(args.slice).ids) if args.slice != "none" else frozenset()
+        _, _, ids = build_data(ROOT_DATA, args.work / "prior", args.teacher_store, RecipeConfig(), held_out)
+        atomic_write(ids_file, "".join(f"{i}\n" for i in sorted(ids)))
     if args.start == "shipped":
         return "default", prior
     adapter = args.work / "start_adapter"
     if not (adapter / "divconq_adapter.json").is_file():
         print(f"[{time.strftime('%H:%M:%S')}] round 0 student: training on the prior data alone", flush=True)
         finetune(prior, base="default", out=adapter, config=_recipe_train_config(), resume=True)
+    # The ids it saw beside it, as the recipe does: improve refuses a held-out slice that overlaps them.
+    atomic_write(adapter / TRAINING_IDS_FILE, ids_file.read_text())
     return f"default+adapter={adapter}", prior
 
 

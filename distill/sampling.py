@@ -9,7 +9,8 @@ chat template as its chat model renders it; the first K distinct usable ones are
 The solver then answers the question with each sample through the real graph: there
 ``SampledDecomposer`` stands in for the student and replies to each run with the sample
 that run is for (named in the run's metadata, ``SAMPLE_KEY``), with the tokens the student
-spent writing it, so a trace store records each screening run as the student's.
+spent writing it, so a trace store records each screening run as the student's (the time
+it took is the sampling step's, kept with the draws).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from tiny_models import build_tiny_chat_model
 from divconq.cli import main
 from divconq.distill import self_improve
 from divconq.distill.sampling import SAMPLE_KEY, SampledDecomposer, prompt_digest, sample_decompositions
-from divconq.distill.self_improve import HeldOut, ImproveConfig, NoSignalError, improve
+from divconq.distill.self_improve import HeldOut, ImproveConfig, improve
 from divconq.distill.sft import build_sft, sft_from_store, solver_tokens
 from divconq.distill.traces import TraceRun, TraceStore
 from divconq.distill.train import TrainConfig
