@@ -1,8 +1,9 @@
-"""The one argument validator of the command line: typed, bounded numbers and one-line errors.
+"""The argument checks: typed, bounded numbers and fixed choices, with one-line errors.
 
 Every number the CLI takes goes through a checker here, so ``--limit 0``, ``--concurrency
 -5`` or ``--timeout abc`` end in one line naming the flag, what it needs and what it got
-(exit 2), instead of being quietly raised to 1 or taken to mean "all".
+(exit 2), instead of being quietly raised to 1 or taken to mean "all". The library checks
+a value against its fixed choices (a ``Literal``'s values) with ``check_choice``.
 """
 
 from __future__ import annotations
@@ -10,9 +11,17 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Callable, NoReturn
+from typing import Any, Callable, NoReturn
 
-__all__ = ["OneLineParser", "fraction", "int_between", "positive_float", "positive_int"]
+from divconq.errors import DivconqError
+
+__all__ = ["OneLineParser", "check_choice", "fraction", "int_between", "positive_float", "positive_int"]
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    """Refuse a value outside its choices, naming them: ``unknown mode 'fast': choose one of ...``."""
+    if value not in choices:
+        raise DivconqError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
 
 
 def _number(text: str, kind: type) -> float | int:

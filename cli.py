@@ -20,7 +20,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 from divconq.argcheck import OneLineParser, fraction, int_between, positive_float, positive_int
-from divconq.contract import DEFAULT_TIMEOUT_SECONDS, MAX_CAP, MODES, SCREENS, SOLVE_STRATEGIES, TASKS, VARIANTS
+from divconq.contract import (
+    ANSWER_SOURCES,
+    ANSWER_STEP_NODE,
+    DEFAULT_TIMEOUT_SECONDS,
+    MAX_CAP,
+    MODES,
+    ROLE_METADATA_KEY,
+    ROLES,
+    SCREENS,
+    SHOTS,
+    SOLVE_ONE_NODE,
+    SOLVE_STRATEGIES,
+    SOLVER,
+    TASKS,
+    VARIANTS,
+)
 from divconq.errors import DivconqError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -158,11 +173,11 @@ def stream_answer(graph: Any, inputs: dict[str, Any]) -> dict[str, Any]:
                 print(f"[sub-question {i}] {q}", file=sys.stderr)
         elif mode == "messages":
             message, metadata = chunk
-            if metadata.get("divconq_role") == "solver" and message.content:
+            if metadata.get(ROLE_METADATA_KEY) == SOLVER and message.content:
                 print(message.content, end="", flush=True, file=sys.stderr)
         elif mode == "updates":
             for node, update in chunk.items():
-                if node in ("answer_step", "solve_one") and update:
+                if node in (ANSWER_STEP_NODE, SOLVE_ONE_NODE) and update:
                     answers = update.get("sub_answers") or [a["answer"] for a in update.get("parallel_answers", [])]
                     if answers:
                         print(f"\n[answer] {answers[-1]}", file=sys.stderr)
@@ -250,7 +265,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     pricing = load_pricing(args.pricing)
     for item in args.price_as or []:
         role, _, key = item.partition("=")
-        if role not in ("decomposer", "solver") or key not in pricing:
+        if role not in ROLES or key not in pricing:
             raise DivconqError(f"--price-as {item!r}: use decomposer=KEY or solver=KEY with a key of the pricing table")
         run_info[f"{role}_price_key"] = key
     settings = RunSettings(concurrency=args.concurrency, processes=args.processes, progress=not args.json)
@@ -465,7 +480,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                         "sequential and parallel make one call per sub-question (default: %(default)s)")
     parser.add_argument("--task", default="math", choices=TASKS,
                         help="prompt variant: math, reading (a passage via --context) or multihop (default: %(default)s)")
-    parser.add_argument("--shots", default="auto", choices=["auto", "zero", "one"],
+    parser.add_argument("--shots", default="auto", choices=SHOTS,
                         help="decomposer prompt: the paper's zero-shot one, or one worked example "
                         "(auto: one-shot only for the bare embedded model)")
     parser.add_argument("--prompts", default="divconq", metavar="divconq|paper|FILE.json",
@@ -522,7 +537,7 @@ def _add_improve_parser(sub: Any) -> None:
     imp.add_argument("--solver", required=True, metavar="SPEC", help="the solver of the held-out evaluation")
     imp.add_argument("--screen-solver", metavar="SPEC",
                      help="a (cheaper) solver that screens the samples (default: --solver)")
-    imp.add_argument("--dataset", required=True, help="gsm8k, drop, bamboogle, strategyqa, hotpotqa or jsonl")
+    imp.add_argument("--dataset", required=True, help=_scored_datasets())
     imp.add_argument("--data", required=True, metavar="FILE", help="training questions with gold answers")
     imp.add_argument("--out", required=True, metavar="DIR", help="the run's directory; rerun with it to resume")
     imp.add_argument("--samples", type=int_between(2), default=4, metavar="K",
@@ -555,6 +570,13 @@ def _add_improve_parser(sub: Any) -> None:
     imp.add_argument("--json", action="store_true", help="print every round's figures as JSON")
 
 
+def _scored_datasets() -> str:
+    """"gsm8k, drop, ... or jsonl": the datasets divconq scores, for the --dataset help."""
+    from divconq.distill.metrics import SCORED_DATASETS
+
+    return ", ".join(SCORED_DATASETS[:-1]) + f" or {SCORED_DATASETS[-1]}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="divconq", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -573,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     draw.add_argument("--out", default="graph.png", help="PNG path; the Mermaid text goes beside it as .mmd")
 
     evaluate = sub.add_parser("eval", help="score the graph on a dataset (resumable)")
-    evaluate.add_argument("--dataset", required=True, help="gsm8k, drop, bamboogle, strategyqa, hotpotqa or jsonl")
+    evaluate.add_argument("--dataset", required=True, help=_scored_datasets())
     evaluate.add_argument("--data", required=True, metavar="FILE", help="the dataset's JSONL file")
     evaluate.add_argument("--out", required=True, metavar="RESULTS.jsonl", help="appended to; finished ids are skipped")
     evaluate.add_argument("--limit", type=positive_int, metavar="N",
@@ -592,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(evaluate)
 
     collect = sub.add_parser("collect", help="run the graph over a dataset and record traces (resumable)")
-    collect.add_argument("--dataset", required=True, help="gsm8k, drop, bamboogle, strategyqa, hotpotqa or jsonl")
+    collect.add_argument("--dataset", required=True, help=_scored_datasets())
     collect.add_argument("--data", required=True, metavar="FILE", help="the dataset's JSONL file")
     collect.add_argument("--store", required=True, metavar="TRACES.db", help="SQLite trace store (created, or resumed)")
     collect.add_argument("--limit", type=positive_int, metavar="N", help="run the first N questions")
@@ -609,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="gold: keep runs whose answer matched (S_D-R); self: of the sampled decompositions of "
                      "a question that led the solver to gold, the one with the fewest solver tokens (S_D-S, "
                      "the stores of divconq improve)")
-    sft.add_argument("--answer", default="teacher", choices=["teacher", "gold"], help="solver only: gold gives S_E-A")
+    sft.add_argument("--answer", default="teacher", choices=ANSWER_SOURCES, help="solver only: gold gives S_E-A")
     sft.add_argument("--gold-data", metavar="FILE", help="build decomposer data from a dataset's gold sub-questions")
     sft.add_argument("--gold-dataset", default="gsm8k", help="the dataset name of --gold-data")
     sft.add_argument("--out", required=True, metavar="DIR", help="output dir; loads with datasets.load_dataset(DIR)")

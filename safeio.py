@@ -5,7 +5,9 @@
   file whole (never a fragment) and no half-written file under the final name.
 - ``WriterLock``: one writer per store or results file. A second process that tries to
   write the same file is refused with a message naming the first one's PID.
-- ``os_error_line``: an ``OSError`` as one line naming the path and the fix.
+- ``os_error_line``: an ``OSError`` as one line naming the path and the fix;
+  ``is_disk_full``: whether an error is the disk (full, or over quota), however it came.
+- ``dir_holds_files``: the check before writing an output dir (refuse a file in its place).
 """
 
 from __future__ import annotations
@@ -20,7 +22,16 @@ from pathlib import Path
 
 from divconq.errors import DivconqError
 
-__all__ = ["WriterLock", "atomic_dir", "atomic_path", "atomic_write", "check_writable_target", "os_error_line"]
+__all__ = [
+    "WriterLock",
+    "atomic_dir",
+    "atomic_path",
+    "atomic_write",
+    "check_writable_target",
+    "dir_holds_files",
+    "is_disk_full",
+    "os_error_line",
+]
 
 _FIXES = {
     errno.ENOSPC: "disk full: free some space and rerun",
@@ -43,6 +54,31 @@ def os_error_line(exc: OSError, path: str | Path | None = None, doing: str = "wr
     where = path if path is not None else (exc.filename or "a file")
     reason = _FIXES.get(exc.errno or -1) or f"{exc.strerror or type(exc).__name__}: check the path and its permissions"
     return f"cannot {doing} {where} ({reason})"
+
+
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# What a full disk says where no errno comes with it: the C library's text inside another
+# error (safetensors, torch), and SQLite's SQLITE_FULL.
+_DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "database or disk is full")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk is full (or the quota spent): by its errno, SQLite's
+    error name, or the system's message quoted inside another library's error."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+        return True
+    if getattr(exc, "sqlite_errorname", None) == "SQLITE_FULL":
+        return True
+    return any(text in str(exc) for text in _DISK_FULL_TEXTS)
+
+
+def dir_holds_files(path: str | Path, what: str = "output path") -> bool:
+    """Whether ``path`` is a directory with something in it (False when it does not exist
+    or is empty); a file in its place is refused."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DivconqError(f"{what} {path} exists and is not a directory: choose another path")
+    return path.is_dir() and any(path.iterdir())
 
 
 def check_writable_target(path: str | Path, what: str = "output file") -> Path:
@@ -129,8 +165,7 @@ def atomic_dir(path: str | Path, *, replace_existing: bool = False, what: str = 
     import shutil
 
     target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise DivconqError(f"{what} {target} exists and is not a directory: choose another path")
+    dir_holds_files(target, what)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))

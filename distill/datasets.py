@@ -32,14 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DivconqError
-from .metrics import DROP_SPAN_SEP
+from divconq.contract import DROP_SPAN_SEP
+from divconq.errors import DivconqError
 
 __all__ = [
     "DATASETS",
     "DatasetFormatError",
     "Example",
     "load_dataset",
+    "normalise_question",
     "question_id",
 ]
 
@@ -49,7 +50,7 @@ class Example:
     """One question with its gold answers and, where the dataset has them, gold sub-questions.
 
     ``answers`` holds every gold answer (a DROP multi-span answer is one string whose
-    spans are joined by :data:`divconq.distill.metrics.DROP_SPAN_SEP`); it is empty for
+    spans are joined by :data:`divconq.contract.DROP_SPAN_SEP`); it is empty for
     Break, which has decompositions but no answers.
     """
 
@@ -70,10 +71,23 @@ class DatasetFormatError(DivconqError):
 # --------------------------------------------------------------------------- helpers
 
 
+def normalise_question(question: str, context: str | None = None) -> str:
+    """The key that tells questions apart: NFKC, collapsed whitespace, casefolded; the
+    context (if any) is part of the key, since reading-comprehension questions repeat
+    across passages. Ids hash it, and SFT data dedupes and splits by it."""
+
+    def norm(text: str) -> str:
+        return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
+
+    key = norm(question or "")
+    if context and context.strip():
+        key += "\x1f" + norm(context)
+    return key
+
+
 def question_id(dataset: str, question: str) -> str:
     """Content-based id: identical questions get identical ids in any file of a dataset."""
-    normalised = " ".join(unicodedata.normalize("NFKC", question).split()).casefold()
-    digest = hashlib.sha1(normalised.encode("utf-8")).hexdigest()[:12]
+    digest = hashlib.sha1(normalise_question(question).encode("utf-8")).hexdigest()[:12]
     return f"{dataset}-{digest}"
 
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
+from divconq.contract import ROLES
 from divconq.distill.datasets import Example
 from divconq.distill.metrics import gsm8k_lenient
 from divconq.distill.metrics import score as score_prediction
@@ -24,7 +25,6 @@ from divconq.errors import DivconqError, OutputWriteError
 from divconq.safeio import WriterLock, atomic_path, atomic_write, check_writable_target, os_error_line
 from divconq.scrub import scrub_text, scrub_value
 
-ROLES = ("decomposer", "solver")
 
 # Per-1K-token prices in dollars. The paper's GPT-3.5 prices, and its example of a 13B
 # model priced at 13/175 of them (cost scaled by parameter count).

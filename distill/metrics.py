@@ -20,14 +20,16 @@ import string
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 
+from divconq.contract import ANSWER_RE, DROP_SPAN_SEP, normalise_answer
+
 __all__ = [
     "DROP_SPAN_SEP",
+    "SCORED_DATASETS",
     "bamboogle_accuracy",
     "drop_score",
     "get_metrics",
     "gsm8k_em",
     "matches_gold",
-    "normalize_text",
     "score",
     "strategyqa_accuracy",
 ]
@@ -92,15 +94,13 @@ def gsm8k_lenient(response: str, gold: str) -> float:
 
 # --------------------------------------------------------------------------- DROP (official)
 
-DROP_SPAN_SEP = " | "
-"""How a multi-span answer travels as one string (``Example.answers``, model output).
-
-The official evaluator treats a string as a single span and only a list as several.
-Here a *string* containing '|' is split on '|' (parts stripped, empty parts dropped);
-a string without '|' is one span exactly as in the official evaluator, and a list or
-tuple is used as given. Commas and 'and' are never split on: 'Tom and Jerry' is one
-span, as officially.
-"""
+# A multi-span answer travels as one string joined by ``contract.DROP_SPAN_SEP`` (in
+# ``Example.answers`` and in model output). The official evaluator treats a string as a
+# single span and only a list as several. Here a *string* containing '|' is split on '|'
+# (parts stripped, empty parts dropped); a string without '|' is one span exactly as in
+# the official evaluator, and a list or tuple is used as given. Commas and 'and' are never
+# split on: 'Tom and Jerry' is one span, as officially.
+_SPAN_BAR = DROP_SPAN_SEP.strip()
 
 _EXCLUDE = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
@@ -250,9 +250,9 @@ def _as_spans(answer: str | Sequence[str]) -> tuple[str, ...]:
     """Split a string on '|' into spans (see DROP_SPAN_SEP); lists pass through."""
     if not isinstance(answer, str):
         return tuple(answer)
-    if "|" not in answer:
+    if _SPAN_BAR not in answer:
         return (answer,)
-    return tuple(part.strip() for part in answer.split("|") if part.strip()) or ("",)
+    return tuple(part.strip() for part in answer.split(_SPAN_BAR) if part.strip()) or ("",)
 
 
 def drop_score(prediction: str | Sequence[str], golds: Sequence[str | Sequence[str]]) -> tuple[float, float]:
@@ -273,46 +273,36 @@ def drop_score(prediction: str | Sequence[str], golds: Sequence[str | Sequence[s
 
 # --------------------------------------------------------------------------- Bamboogle / containment
 
-# Hyphens, dashes and slashes separate words ('Titan IIIE-Centaur' contains 'Titan IIIE');
-# other punctuation is removed so 'U.S.' == 'US' and '1,000' == '1000'.
-_SEPARATORS = re.compile(r"[-\u2010-\u2015/_]")
-
-
-def normalize_text(text: str) -> str:
-    """SQuAD-style normalisation: lower, drop punctuation and articles, collapse spaces."""
-    text = _SEPARATORS.sub(" ", text.lower())
-    text = "".join(ch for ch in text if ch not in _EXCLUDE)
-    return _white_space_fix(_remove_articles(text))
-
-
 def bamboogle_accuracy(prediction: str, golds: str | Sequence[str]) -> float:
-    """1.0 if any normalised gold appears in the normalised prediction on word boundaries.
+    """1.0 if any gold appears in the prediction on word boundaries, both normalised
+    (``contract.normalise_answer``: case, punctuation, articles, spacing).
 
     Word boundaries keep '1812' from matching inside '18120' while accepting extra
     words around the answer ('It was James Madison.').
     """
-    padded = f" {normalize_text(prediction)} "
+    padded = f" {normalise_answer(prediction)} "
     candidates = [golds] if isinstance(golds, str) else list(golds)
-    return float(any((gold := normalize_text(g)) and f" {gold} " in padded for g in candidates))
+    return float(any((gold := normalise_answer(g)) and f" {gold} " in padded for g in candidates))
 
 
 # --------------------------------------------------------------------------- StrategyQA
 
 _YES_NO = {"yes": "yes", "true": "yes", "no": "no", "false": "no"}
 _YES_NO_WORD = re.compile(r"\b(yes|no|true|false)\b")
-_ANSWER_MARKER = re.compile(r"answer\s*(?:is|:)|####")
+# The solver's answer marker, or GSM8K's "####".
+_YES_NO_AFTER = re.compile(f"{ANSWER_RE.pattern}|{_GSM8K_FINAL}", ANSWER_RE.flags)
 
 
 def _yes_no(text: str) -> str | None:
-    """Read a yes/no decision: a leading 'Yes,'/'No.', else the word after the last
-    'answer is'/'answer:'/'####', else the last yes/no word in the text."""
+    """Read a yes/no decision: a leading 'Yes,'/'No.', else the word after the last answer
+    marker ('The answer is', 'Answer:', '####'), else the last yes/no word in the text."""
     lowered = text.strip().lower()
     if not lowered:
         return None
     leading = _YES_NO_WORD.match(lowered)
     if leading:
         return _YES_NO[leading.group(1)]
-    markers = list(_ANSWER_MARKER.finditer(lowered))
+    markers = list(_YES_NO_AFTER.finditer(lowered))
     if markers:
         after = _YES_NO_WORD.search(lowered, markers[-1].end())
         if after:
@@ -328,6 +318,8 @@ def strategyqa_accuracy(prediction: str, gold: str | bool) -> float:
 
 
 # --------------------------------------------------------------------------- dispatcher
+
+SCORED_DATASETS = ("gsm8k", "drop", "strategyqa", "bamboogle", "hotpotqa", "jsonl")  # the datasets `score` knows
 
 
 def score(dataset_name: str, prediction: str, example_answers: Sequence[str]) -> dict[str, float]:
@@ -350,9 +342,7 @@ def score(dataset_name: str, prediction: str, example_answers: Sequence[str]) ->
         return {"score": max(strategyqa_accuracy(prediction, gold) for gold in answers)}
     if name in ("bamboogle", "hotpotqa", "jsonl"):
         return {"score": bamboogle_accuracy(prediction, answers)}
-    raise ValueError(
-        f"no metric for dataset {dataset_name!r}; scorable: gsm8k, drop, strategyqa, bamboogle, hotpotqa, jsonl"
-    )
+    raise ValueError(f"no metric for dataset {dataset_name!r}; scorable: {', '.join(SCORED_DATASETS)}")
 
 
 def matches_gold(dataset_name: str, prediction: str | None, example_answers: Sequence[str]) -> bool:

@@ -11,8 +11,6 @@ with ``langsmith.import_langsmith_runs``, so an imported run looks like a record
 from __future__ import annotations
 
 import logging
-import re
-import string
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -24,10 +22,16 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
-from divconq.contract import GRAPH_METADATA_KEY, ROLE_METADATA_KEY, ROLE_TAG_PREFIX
-from divconq.distill.traces import (
+from divconq.contract import (
     DECOMPOSER,
+    DECOMPOSER_NODES,
+    GRAPH_METADATA_KEY,
+    ROLE_METADATA_KEY,
+    ROLE_TAG_PREFIX,
     SOLVER,
+    normalise_answer,
+)
+from divconq.distill.traces import (
     Scorer,
     TraceCall,
     TraceRun,
@@ -53,24 +57,13 @@ logging.getLogger("langchain_core.callbacks.manager").addFilter(_OwnWriteErrors(
 # --------------------------------------------------------------------------- answers
 
 
-def _normalise_answer(text: str) -> str:
-    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text.lower())  # 1,000 -> 1000
-    kept = [
-        " "
-        if ch in string.punctuation
-        and not (ch == "." and 0 < i < len(text) - 1 and text[i - 1].isdigit() and text[i + 1].isdigit())
-        else ch
-        for i, ch in enumerate(text)
-    ]
-    return " ".join("".join(kept).split())
-
-
 def exact_match(answer: str | None, gold: list[str]) -> bool:
-    """The default scorer: normalised exact match (case, punctuation, spacing) against any gold."""
+    """The default scorer: exact match against any gold, both normalised
+    (``contract.normalise_answer``: case, punctuation, articles, spacing)."""
     if answer is None:
         return False
-    predicted = _normalise_answer(str(answer))
-    return any(predicted == _normalise_answer(str(g)) for g in gold)
+    predicted = normalise_answer(str(answer))
+    return any(predicted == normalise_answer(str(g)) for g in gold)
 
 
 # --------------------------------------------------------------------------- messages
@@ -148,8 +141,8 @@ def _role(metadata: Mapping[str, Any], tags: Iterable[str] | None, node: str | N
     for tag in tags or ():
         if isinstance(tag, str) and tag.startswith(ROLE_TAG_PREFIX):
             return tag.split(":", 1)[1]
-    name = (node or "").lower()
-    return DECOMPOSER if "decompos" in name or "propose" in name else SOLVER
+    name = (node or "").lower()  # a graph of one's own may call its nodes "decomposer", "propose_step"...
+    return DECOMPOSER if "decompos" in name or any(n in name for n in DECOMPOSER_NODES) else SOLVER
 
 
 def _model_name(*sources: Mapping[str, Any] | None) -> str | None:

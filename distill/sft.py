@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -49,11 +47,23 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-from divconq.contract import SCREENS
+from divconq.argcheck import check_choice
+from divconq.contract import (
+    ANSWER_LEAD,
+    ANSWER_RE,
+    ANSWER_SOURCES,
+    DROP_SPAN_SEP,
+    JOINT_SOLVE_NODE,
+    PROPOSE_NODE,
+    SCREENS,
+    STEPWISE_NODES,
+    VARIANTS,
+)
+from divconq.distill.datasets import normalise_question
 from divconq.errors import DivconqError
 from divconq.nodes.parsing import NO_DECOMPOSITION, is_no_decomposition, parse_subquestions
 from divconq.nodes.prompts import PromptSet, decompose_messages, get_prompts, solve_messages
-from divconq.safeio import atomic_dir, atomic_write
+from divconq.safeio import atomic_dir, atomic_write, dir_holds_files
 from divconq.scrub import scrub_text, scrub_value
 
 __all__ = [
@@ -68,8 +78,6 @@ __all__ = [
     "split_of",
 ]
 
-VARIANTS = ("decomposer", "solver")
-ANSWERS = ("teacher", "gold")
 SPLITS = ("train", "validation")
 # One file per (config, split); the dataset card names them for `datasets.load_dataset`.
 CONFIG_FILES = {"messages": "{split}.jsonl", "prompt_completion": "{split}_prompt_completion.jsonl"}
@@ -84,12 +92,6 @@ SFT_FILES = (
 SUMMARY_FILE = "summary.json"
 CARD_FILE = "README.md"
 
-# The joint solver's node name in the graph; the others solve sub-questions one by one.
-_JOINT_SOLVER_NODE = "solve"
-_STEPWISE_NODES = {"answer_step", "solve_one", "solve_final"}
-_DYNAMIC_NODES = {"propose"}
-_ANSWER_MARKER = re.compile(r"the\s+answer\s+is\s*[:：]?", re.IGNORECASE)
-_DROP_SPAN_SEP = " | "  # divconq.distill.metrics.DROP_SPAN_SEP: how multi-span golds travel
 
 
 # --------------------------------------------------------------------------- summary
@@ -155,19 +157,6 @@ def paper_name(variant: str, screen: str = "none", answer: str = "teacher") -> s
 # --------------------------------------------------------------------------- helpers
 
 
-def normalise_question(question: str, context: str | None = None) -> str:
-    """Dedup and split key: NFKC, collapsed whitespace, casefolded; the context (if any)
-    is part of the key, since reading-comprehension questions repeat across passages."""
-
-    def norm(text: str) -> str:
-        return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
-
-    key = norm(question or "")
-    if context and context.strip():
-        key += "\x1f" + norm(context)
-    return key
-
-
 def split_of(key: str, val_fraction: float) -> str:
     """"validation" or "train" for a normalised key: sha1 bucket in [0, 1000)."""
     bucket = int(hashlib.sha1(key.encode("utf-8")).hexdigest()[:8], 16) % 1000
@@ -197,18 +186,19 @@ def _gold_display(gold: Any) -> str | None:
         golds = [g for g in (gold or []) if isinstance(g, str) and g.strip()]
     if not golds:
         return None
-    return ", ".join(s.strip() for s in golds[0].split(_DROP_SPAN_SEP) if s.strip()) or None
+    return ", ".join(s.strip() for s in golds[0].split(DROP_SPAN_SEP) if s.strip()) or None
 
 
 def with_gold_answer(solution: str, gold: str) -> tuple[str, bool]:
-    """``solution`` with what follows its last "The answer is:" replaced by ``gold``.
+    """``solution`` with what follows its last answer marker (``contract.ANSWER_RE``, what
+    the parser reads the answer after) replaced by ``gold``.
 
     Returns (text, appended): without any marker the gold answer is appended on a new
     line, as the solver prompt asks every response to end.
     """
-    matches = list(_ANSWER_MARKER.finditer(solution))
+    matches = list(ANSWER_RE.finditer(solution))
     if not matches:
-        return f"{solution.rstrip()}\nThe answer is: {gold}", True
+        return f"{solution.rstrip()}\n{ANSWER_LEAD}{gold}", True
     last = matches[-1]
     marker = last.group(0).rstrip()
     if not marker.endswith((":", "：")):
@@ -218,11 +208,6 @@ def with_gold_answer(solution: str, gold: str) -> tuple[str, bool]:
 
 def _nodes(run: Any) -> set[str]:
     return {str(getattr(call, "node", "")) for call in (getattr(run, "calls", None) or [])}
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise DivconqError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def _check_common(task: str, max_subquestions: int, val_fraction: float) -> None:
@@ -249,9 +234,7 @@ def _begin(out_dir: str | Path, overwrite: bool, task: str, max_subquestions: in
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DivconqError(f"output path {out_dir} exists and is not a directory: choose another --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+    if dir_holds_files(out_dir) and not overwrite:
         raise DivconqError(f"output dir {out_dir} already exists and is not empty: choose another dir or pass overwrite")
 
 
@@ -264,7 +247,7 @@ def _decomposer_example(
     """(example, drop reason, is_no_decomposition) for one run."""
     question, context = run.question, getattr(run, "context", None)
     nodes = _nodes(run)
-    if nodes & _DYNAMIC_NODES or getattr(run, "route", None) == "dynamic":
+    if PROPOSE_NODE in nodes or getattr(run, "route", None) == "dynamic":
         return None, "dynamic run (no static decomposition to learn)", False
     text = getattr(run, "decomposition", None) or ""
     if not text.strip():
@@ -286,15 +269,15 @@ def _solver_example(run: Any, prompts: Any, answer: str) -> tuple[dict[str, Any]
     route = getattr(run, "route", None)
     metadata = getattr(run, "metadata", None)
     solve_mode = metadata.get("solve") if isinstance(metadata, dict) else None
-    if route != "static" or nodes & (_STEPWISE_NODES | _DYNAMIC_NODES) or solve_mode not in (None, "joint"):
-        if route == "dynamic" or nodes & _DYNAMIC_NODES:
+    if route != "static" or nodes & (STEPWISE_NODES | {PROPOSE_NODE}) or solve_mode not in (None, "joint"):
+        if route == "dynamic" or PROPOSE_NODE in nodes:
             how = "dynamic"
         elif route == "static":
             how = f"static/{solve_mode if solve_mode not in (None, 'joint') else 'stepwise'}"
         else:
             how = route or "unknown route"
         return None, f"not a static joint run ({how})", False
-    if nodes and _JOINT_SOLVER_NODE not in nodes:
+    if nodes and JOINT_SOLVE_NODE not in nodes:
         return None, "no joint solver call in the trace", False
     subquestions = [q for q in (getattr(run, "subquestions", None) or []) if isinstance(q, str) and q.strip()]
     if not subquestions:
@@ -429,9 +412,9 @@ def build_sft(
     Raises ``DivconqError`` on bad settings, an existing non-empty ``out_dir`` (unless
     ``overwrite``), or when no example survives screening.
     """
-    _check_choice("variant", variant, VARIANTS)
-    _check_choice("screen", screen, SCREENS)
-    _check_choice("answer", answer, ANSWERS)
+    check_choice("variant", variant, VARIANTS)
+    check_choice("screen", screen, SCREENS)
+    check_choice("answer", answer, ANSWER_SOURCES)
     if variant == "decomposer" and answer != "teacher":
         raise DivconqError("answer='gold' applies to the solver variant only (S_E-A); use variant='solver'")
     if variant == "solver" and screen == "self":

@@ -45,7 +45,6 @@ __all__ = [
 
 FORMAT = "divconq-traces"
 SCHEMA_VERSION = "1"
-DECOMPOSER, SOLVER = "decomposer", "solver"  # the values of nodes.graph_nodes.DECOMPOSER/SOLVER
 
 Scorer = Callable[[str | None, list[str]], bool]  # (answer, gold answers) -> correct
 

@@ -22,9 +22,27 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import CachePolicy, RetryPolicy, Send
 
-from divconq.contract import GRAPH_METADATA_KEY, GRAPH_NAME, MODES, ROUTES, SOLVE_STRATEGIES, Mode, Solve, Task
+from divconq.contract import (
+    ANSWER_STEP_NODE,
+    DECOMPOSE_NODE,
+    GRAPH_METADATA_KEY,
+    GRAPH_NAME,
+    JOINT_SOLVE_NODE,
+    MODES,
+    PROPOSE_NODE,
+    REVIEW_NODE,
+    ROUTES,
+    SOLVE_DIRECT_NODE,
+    SOLVE_FINAL_NODE,
+    SOLVE_ONE_NODE,
+    SOLVE_STRATEGIES,
+    Mode,
+    Solve,
+    Task,
+)
 from divconq.errors import DivconqError
-from divconq.graph.context import MAX_CAP, Context, check_cap, check_choice, run_context
+from divconq.argcheck import check_choice
+from divconq.graph.context import MAX_CAP, Context, check_cap, run_context
 from divconq.graph.state import DivConqState, InputState, OutputState
 from divconq.nodes import graph_nodes as N
 from divconq.nodes.models import DEFAULT_TIMEOUT_SECONDS, load_chat_model, parse_spec
@@ -69,7 +87,7 @@ def _route(
     mode, solve = run.mode or defaults["mode"], run.solve or defaults["solve"]
     route = policy(question, context) if mode == "auto" else mode
     check_choice("route from the auto policy", route, ROUTES)
-    node = {"static": "decompose", "dynamic": "propose", "single": "solve_direct"}[route]
+    node = {"static": DECOMPOSE_NODE, "dynamic": PROPOSE_NODE, "single": SOLVE_DIRECT_NODE}[route]
     payload = {"question": question, "context": context, "mode": mode, "solve": solve, "route": route, "entry": True}
     if run.models_or_prompts != (None, None, None, None):
         # In the node's input, so a cached decomposition is keyed by what this run overrides.
@@ -79,29 +97,29 @@ def _route(
 
 def _after_decompose(state: DivConqState) -> str | list[Send]:
     if not state.get("subquestions"):
-        return "solve_direct"
+        return SOLVE_DIRECT_NODE
     if state["solve"] == "joint":
-        return "solve"
+        return JOINT_SOLVE_NODE
     if state["solve"] == "sequential":
-        return "answer_step"
+        return ANSWER_STEP_NODE
     context = state.get("context")
     return [
-        Send("solve_one", {"subquestion": q, "index": i, "context": context})
+        Send(SOLVE_ONE_NODE, {"subquestion": q, "index": i, "context": context})
         for i, q in enumerate(state["subquestions"])
     ]
 
 
 def _after_propose(state: DivConqState) -> str:
     if state.get("pending"):
-        return "answer_step"
-    return "solve_final" if state.get("subquestions") else "solve_direct"
+        return ANSWER_STEP_NODE
+    return SOLVE_FINAL_NODE if state.get("subquestions") else SOLVE_DIRECT_NODE
 
 
 def _after_answer(state: DivConqState) -> str:
     if state.get("route") == "dynamic":
-        return "propose"
+        return PROPOSE_NODE
     done = len(state.get("sub_answers") or []) >= len(state.get("subquestions") or [])
-    return "solve_final" if done else "answer_step"
+    return SOLVE_FINAL_NODE if done else ANSWER_STEP_NODE
 
 
 def _scoped_key(scope: bytes, inner: Callable[..., Any], *args: Any, **kwargs: Any) -> bytes:
@@ -208,27 +226,28 @@ def assemble_graph(
     retry = retry or RetryPolicy(max_attempts=3, retry_on=N.is_transient_error)
     builder = StateGraph(DivConqState, context_schema=Context, input_schema=InputState, output_schema=OutputState)
     for name, node in [
-        ("decompose", N.decompose),
-        ("propose", N.propose_next),
-        ("answer_step", N.answer_step),
-        ("solve", N.solve_joint),
-        ("solve_one", N.solve_one),
-        ("solve_final", N.solve_final),
-        ("solve_direct", N.solve_direct),
+        (DECOMPOSE_NODE, N.decompose),
+        (PROPOSE_NODE, N.propose_next),
+        (ANSWER_STEP_NODE, N.answer_step),
+        (JOINT_SOLVE_NODE, N.solve_joint),
+        (SOLVE_ONE_NODE, N.solve_one),
+        (SOLVE_FINAL_NODE, N.solve_final),
+        (SOLVE_DIRECT_NODE, N.solve_direct),
     ]:
-        cache = cache_decomposer if name == "decompose" else None
+        cache = cache_decomposer if name == DECOMPOSE_NODE else None
         builder.add_node(name, partial(node, settings), retry_policy=retry, cache_policy=cache, metadata=NODE_METADATA)
-    builder.add_conditional_edges(START, partial(_route, defaults, policy), ["decompose", "propose", "solve_direct"])
-    solving = ["solve", "answer_step", "solve_one", "solve_direct"]
+    entries = [DECOMPOSE_NODE, PROPOSE_NODE, SOLVE_DIRECT_NODE]
+    builder.add_conditional_edges(START, partial(_route, defaults, policy), entries)
+    solving = [JOINT_SOLVE_NODE, ANSWER_STEP_NODE, SOLVE_ONE_NODE, SOLVE_DIRECT_NODE]
     if review:
-        builder.add_node("review", partial(N.review, settings), metadata=NODE_METADATA)
-        builder.add_edge("decompose", "review")
-        builder.add_conditional_edges("review", _after_decompose, solving)
+        builder.add_node(REVIEW_NODE, partial(N.review, settings), metadata=NODE_METADATA)
+        builder.add_edge(DECOMPOSE_NODE, REVIEW_NODE)
+        builder.add_conditional_edges(REVIEW_NODE, _after_decompose, solving)
     else:
-        builder.add_conditional_edges("decompose", _after_decompose, solving)
-    builder.add_conditional_edges("propose", _after_propose, ["answer_step", "solve_final", "solve_direct"])
-    builder.add_conditional_edges("answer_step", _after_answer, ["propose", "answer_step", "solve_final"])
-    builder.add_edge("solve_one", "solve_final")
-    for last in ("solve", "solve_final", "solve_direct"):
+        builder.add_conditional_edges(DECOMPOSE_NODE, _after_decompose, solving)
+    builder.add_conditional_edges(PROPOSE_NODE, _after_propose, [ANSWER_STEP_NODE, SOLVE_FINAL_NODE, SOLVE_DIRECT_NODE])
+    builder.add_conditional_edges(ANSWER_STEP_NODE, _after_answer, [PROPOSE_NODE, ANSWER_STEP_NODE, SOLVE_FINAL_NODE])
+    builder.add_edge(SOLVE_ONE_NODE, SOLVE_FINAL_NODE)
+    for last in (JOINT_SOLVE_NODE, SOLVE_FINAL_NODE, SOLVE_DIRECT_NODE):
         builder.add_edge(last, END)
     return builder

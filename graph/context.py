@@ -19,13 +19,9 @@ from typing import Annotated, Any
 from langchain_core.runnables import RunnableConfig
 from pydantic import Field
 
+from divconq.argcheck import check_choice
 from divconq.contract import MAX_CAP, MODES, SOLVE_STRATEGIES, TASKS, Mode, Solve, Task
 from divconq.errors import DivconqError
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise DivconqError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
 
 
 def check_cap(name: str, value: Any) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import re
 
+from divconq.contract import ANSWER_RE
+
 NO_DECOMPOSITION = "No decomposition"
 NO_MORE_SUBQUESTIONS = "No more sub-questions"
 # How much of a reply the parsers read, so a runaway reply costs milliseconds, not
@@ -42,15 +44,13 @@ _DONE = re.compile(
     r"|no\s+decomposition|(?:that\s+is\s+)?enough\s+to\s+answer|i\s+am\s+done|\bdone\b\s*\.?$)",
     re.IGNORECASE,
 )
-_ANSWER_MARKERS = re.compile(
-    r"(?:the\s+)?(?:final\s+)?answer\s+is\s*[:：]?|final\s+answer\s*[:：]|^[^\S\n]*answer\s*[:：]",
-    re.IGNORECASE | re.MULTILINE,
-)
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 _CODE_FENCE = re.compile(r"```[a-zA-Z]*")
 
 
 def _normalise(text: str) -> str:
+    """A key that compares questions (a sub-question that echoes the question, or repeats
+    another): its letters and digits. Answers compare by ``contract.normalise_answer``."""
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
@@ -182,7 +182,7 @@ def extract_answer(text: str | None) -> str:
     text = _BOLD.sub("", text[-MAX_SOLUTION_CHARS:]).strip()
     if not text:
         return ""
-    markers = list(_ANSWER_MARKERS.finditer(text))
+    markers = list(ANSWER_RE.finditer(text))
     if markers:
         tail = text[markers[-1].end():].strip()
         # "The answer is: \[ \boxed{72} \]" over several lines: keep the display block whole.

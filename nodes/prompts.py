@@ -16,7 +16,10 @@ from typing import Literal, get_args
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
+from divconq.contract import ANSWER_LEAD
 from divconq.errors import DivconqError
+
+_SAY_ANSWER = f'"{ANSWER_LEAD}"'  # the marker each solver prompt asks for, quoted
 
 # 3: the joint solver's user turn ends by restating the original question (the decomposer
 # templates are unchanged since 2, so adapters trained on version 2 data still match).
@@ -48,7 +51,7 @@ _NEXT = (
 # turn, keeps the answer at the end (bench/solver_prompt.py compares; figures in RESULTS.md).
 _SOLVE = (
     "Solve the {kind}. Answer the sub-questions one by one, showing your working, then "
-    'answer the original question. Only after that, write a last line "The answer is: " '
+    f"answer the original question. Only after that, write a last line {_SAY_ANSWER} "
     "followed by the final answer{fmt}."
 )
 # The sub-questions often stop one step short of the question; a solver told only "then
@@ -59,15 +62,15 @@ _SOLVE = (
 _SOLVE_REMINDER = (
     "Answer the sub-questions in order. They may not cover every step: finish any step still "
     "missing, then answer the original question: {question}\n"
-    'End with a last line that starts with "The answer is: "'
+    f"End with a last line that starts with {_SAY_ANSWER}"
 )
 
-_SOLVE_ONE = 'Answer the question concisely. End your response with "The answer is: " followed by the answer.'
+_SOLVE_ONE = f"Answer the question concisely. End your response with {_SAY_ANSWER} followed by the answer."
 _SOLVE_FINAL = (
     "Answer the original {kind} using the answers to its sub-questions. "
-    'End your response with "The answer is: " followed by the final answer{fmt}.'
+    f"End your response with {_SAY_ANSWER} followed by the final answer{{fmt}}."
 )
-_DIRECT = 'Solve the {kind} step by step. End your response with "The answer is: " followed by the final answer{fmt}.'
+_DIRECT = f"Solve the {{kind}} step by step. End your response with {_SAY_ANSWER} followed by the final answer{{fmt}}."
 
 _TASKS = {
     "math": dict(kind="math word problem", inputs="The question will be provided to you.", fmt=" as a number"),
@@ -157,11 +160,11 @@ _PAPER_DECOMPOSE = (
 _PAPER_SOLVE = (
     "Your task is to answer a given complex question. The question and its subquestions will "
     "be provided to you. Answer the subquestions first, then use their answers to answer the "
-    'question. End your response with "The answer is: " followed by the answer.'
+    f"question. End your response with {_SAY_ANSWER} followed by the answer."
 )
 _PAPER_DIRECT = (
     "Answer the given question directly with a concise answer of at most five words. "
-    'Respond only with "The answer is: " followed by the answer.'
+    f"Respond only with {_SAY_ANSWER} followed by the answer."
 )
 
 
