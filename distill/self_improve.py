@@ -290,7 +290,7 @@ def _round(plan: _Plan, number: int, student: str) -> dict[str, Any]:
         with _timed(paths, "keep"):
             _keep(plan, number, paths)
     from divconq.distill.train import student_spec
-    from divconq.nodes.models import ADAPTER_MANIFEST
+    from divconq.nodes.manifest import ADAPTER_MANIFEST
 
     stats = _read_json(paths.screening)
     new_student = student_spec(plan.base, paths.adapter)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from divconq.errors import DivconqError, OutputWriteError
-from divconq.safeio import WriterLock, os_error_line
+from divconq.safeio import WriterLock, is_disk_full, os_error_line
 from divconq.scrub import REDACTED, scrub_metadata, scrub_text  # noqa: F401 - re-exported: the store's scrubber
 
 __all__ = [
@@ -303,7 +303,7 @@ class TraceStore:
             fix = "it is read-only here (file, folder or filesystem): copy it somewhere writable, or pass a new path"
         elif "CANTOPEN" in name or "unable to open" in str(exc):
             fix = "check the path and its permissions"
-        elif "FULL" in name or "disk is full" in str(exc):
+        elif is_disk_full(exc):
             fix = "the disk is full: free some space and rerun"
         else:
             fix = "check the path and its permissions"

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
-import errno
 import json
 import logging
 import math
@@ -52,15 +51,15 @@ from trl import SFTConfig, SFTTrainer
 
 from divconq.distill.sft import read_summary
 from divconq.errors import DivconqError
-from divconq.safeio import atomic_write
-from divconq.nodes.models import (
+from divconq.nodes.manifest import (
     ADAPTER_MANIFEST,
-    default_model_dir,
-    load_causal_lm,
+    is_adapter_dir,
     model_fingerprint,
-    parse_spec,
     read_adapter_manifest,
+    write_adapter_manifest,
 )
+from divconq.nodes.models import default_model_dir, load_causal_lm, parse_spec
+from divconq.safeio import atomic_write, dir_holds_files, is_disk_full
 
 __all__ = ["TrainConfig", "TrainResult", "config_from_cli", "finetune", "load_sft_jsonl", "read_result"]
 
@@ -408,17 +407,16 @@ def _resolve_base(base_spec: str) -> str:
 
 
 def _has_adapter(out_dir: Path) -> bool:
-    return (out_dir / "adapter_config.json").is_file() or (out_dir / ADAPTER_MANIFEST).is_file()
+    return is_adapter_dir(out_dir) or (out_dir / ADAPTER_MANIFEST).is_file()
 
 
 def _check_out_dir(out_dir: Path, checkpoints: Path, resume: bool, overwrite: bool) -> bool:
     """Refuse an output dir that would mix runs; True when old checkpoints must be cleared."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DivconqError(f"output path {out_dir} exists and is not a directory: choose another output dir")
-    has_checkpoints = checkpoints.is_dir() and any(checkpoints.iterdir())
+    holds_files = dir_holds_files(out_dir)
+    has_checkpoints = dir_holds_files(checkpoints, "checkpoints path")
     if overwrite:
         return has_checkpoints
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+    if not holds_files:
         return False
     if resume and (has_checkpoints or _has_adapter(out_dir)):
         return False
@@ -477,15 +475,13 @@ def _check_same_base(run_file: Path, manifest: dict | None, base_spec: str, fing
 def _write_failure(exc: BaseException) -> str | None:
     """Why a save failed, when it is the disk (full, or over quota); None otherwise.
 
-    torch.save reports a failed write as ``RuntimeError: [enforce fail at
-    inline_container.cc...] ... file write failed`` (no errno); safetensors and plain
-    writes give ``No space left on device``.
+    safetensors and plain writes say so (``safeio.is_disk_full``); torch.save reports a
+    failed write as ``RuntimeError: [enforce fail at inline_container.cc...] ... file
+    write failed``, with no errno and no reason.
     """
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if is_disk_full(exc):
         return "disk full"
     text = str(exc)
-    if "No space left on device" in text or "Disk quota exceeded" in text:
-        return "disk full"
     if "inline_container.cc" in text or "PytorchStreamWriter failed" in text or "file write failed" in text:
         return "a write failed, most likely a full disk"
     return None
@@ -810,7 +806,7 @@ def _save_adapter_dir(peft_model: Any, tokenizer: Any, manifest: dict, out_dir: 
     try:
         _save_adapter(peft_model, tokenizer, scratch)
         (scratch / "README.md").unlink(missing_ok=True)  # peft's blank model card; the manifest says what this is
-        (scratch / ADAPTER_MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        write_adapter_manifest(scratch, manifest)
         _install_adapter(scratch, out_dir)
     except Exception as exc:
         shutil.rmtree(scratch, ignore_errors=True)

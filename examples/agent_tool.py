@@ -58,8 +58,7 @@ def build_agent(agent_model: BaseChatModel, decomposer: Any = "default", solver:
 
 
 if __name__ == "__main__":
-    from divconq.nodes.models import has_shipped_adapter
-    from divconq.nodes.models import load_chat_model
+    from divconq.nodes.models import load_chat_model, needs_one_shot
     from divconq.nodes.prompts import get_prompts
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -67,7 +66,7 @@ if __name__ == "__main__":
     parser.add_argument("--agent-model", help="a tool-calling model spec, e.g. openai:gpt-4o-mini")
     args = parser.parse_args()
     model = load_chat_model(args.agent_model) if args.agent_model else DelegatingChatModel()
-    agent = build_agent(model, prompts=get_prompts("math", one_shot=not has_shipped_adapter()))
+    agent = build_agent(model, prompts=get_prompts("math", one_shot=needs_one_shot("default")))
     result = agent.invoke({"messages": [HumanMessage(args.question)]})
     for message in result["messages"]:
         message.pretty_print()

@@ -80,10 +80,10 @@ def build_report_graph(
 
 def default_prompts() -> PromptSet:
     """The prompts for the default models (the one-shot example for the untrained decomposer)."""
-    from divconq.nodes.models import has_shipped_adapter
+    from divconq.nodes.models import needs_one_shot
     from divconq.nodes.prompts import get_prompts
 
-    return get_prompts("math", one_shot=not has_shipped_adapter())
+    return get_prompts("math", one_shot=needs_one_shot("default"))
 
 
 if __name__ == "__main__":

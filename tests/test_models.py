@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from divconq.errors import AdapterMismatchError, ModelSpecError
 from divconq.graph import build_graph
 from divconq.nodes import LocalChatModel, load_chat_model, parse_spec
-from divconq.nodes.models import ADAPTER_MANIFEST, model_fingerprint
+from divconq.nodes.manifest import ADAPTER_MANIFEST, model_fingerprint
 
 MESSAGES = [SystemMessage("Answer briefly."), HumanMessage("What is 2 + 3?")]
 

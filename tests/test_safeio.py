@@ -2,10 +2,12 @@
 full disk, reproduced with a real file-size limit) leaves the earlier file whole and no
 temporary file behind; a second writer on one file is refused, naming the first."""
 
+import errno
 import json
 import os
 import resource
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -13,7 +15,7 @@ import textwrap
 import pytest
 
 from divconq.errors import DivconqError
-from divconq.safeio import WriterLock, atomic_dir, atomic_write
+from divconq.safeio import WriterLock, atomic_dir, atomic_write, dir_holds_files, is_disk_full
 
 ROW = {"id": "q1", "question": "Q?", "gold": ["1"], "prediction": "1", "score": 1.0, "route": "static",
        "subquestions": [], "sub_answers": [], "seconds": 0.1, "error": None, "dataset": "gsm8k",
@@ -130,3 +132,34 @@ def test_a_second_writer_is_refused_naming_the_first_process(tmp_path):
         holder.wait()
     with WriterLock(target, "results file"):  # the kernel freed the dead holder's lock
         pass
+
+
+def _sqlite_full_error(path) -> sqlite3.Error:
+    """SQLite's own full-disk error, from a real database capped at a few pages."""
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA max_page_count = 4")
+    db.execute("CREATE TABLE t (x BLOB)")
+    try:
+        db.execute("INSERT INTO t VALUES (?)", (b"x" * 100_000,))
+    except sqlite3.Error as exc:
+        return exc
+    finally:
+        db.close()
+    raise AssertionError("the capped database took the row")
+
+
+def test_a_full_disk_is_recognised_however_it_is_reported(tmp_path):
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert is_disk_full(RuntimeError("safetensors: No space left on device (os error 28)"))
+    assert is_disk_full(_sqlite_full_error(tmp_path / "capped.db"))
+    assert not is_disk_full(PermissionError(errno.EACCES, "Permission denied"))
+    assert not is_disk_full(RuntimeError("file write failed"))  # torch's: no reason given, not claimed here
+
+
+def test_dir_holds_files_refuses_a_file_in_place_of_the_dir(tmp_path):
+    assert not dir_holds_files(tmp_path / "missing") and not dir_holds_files(tmp_path)
+    (tmp_path / "x").write_text("x")
+    assert dir_holds_files(tmp_path)
+    with pytest.raises(DivconqError, match="out .*x exists and is not a directory: choose another path"):
+        dir_holds_files(tmp_path / "x", "out")

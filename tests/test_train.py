@@ -23,7 +23,8 @@ from divconq.distill.train import (
 )
 from divconq.errors import AdapterMismatchError, DivconqError, ModelSpecError
 from divconq.nodes import load_chat_model
-from divconq.nodes.models import ADAPTER_MANIFEST, attach_adapter, load_causal_lm, model_fingerprint
+from divconq.nodes.manifest import ADAPTER_MANIFEST, model_fingerprint
+from divconq.nodes.models import attach_adapter, load_causal_lm
 from divconq.nodes.prompts import PROMPT_VERSION, decompose_messages, get_prompts
 from test_sft import make_run
 from tiny_models import build_tiny_chat_model
