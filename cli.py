@@ -306,7 +306,8 @@ def in_shard(example_id: str, shard: tuple[int, int] | None) -> bool:
 def cmd_collect(args: argparse.Namespace) -> int:
     from divconq.distill.metrics import matches_gold
     from divconq.distill.runner import RunSettings, run_examples
-    from divconq.distill.traces import TraceRecorder, TraceStore
+    from divconq.distill.recorder import TraceRecorder
+    from divconq.distill.traces import TraceStore
     from divconq.scrub import scrub_text
 
     shard = parse_shard(args.shard)
@@ -334,7 +335,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 @command("trace")
 def cmd_trace(args: argparse.Namespace) -> int:
-    from divconq.distill.traces import TraceStore, format_run_tree, import_langsmith_runs
+    from divconq.distill.langsmith_runs import import_langsmith_runs
+    from divconq.distill.traces import TraceStore, format_run_tree
 
     if args.trace_command == "show":
         with TraceStore(args.store, readonly=True) as store:  # a finished run first, an error run if none

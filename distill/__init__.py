@@ -7,7 +7,9 @@ Heavy modules (transformers, peft, trl) load only when their functions are used:
 
 from typing import Any
 
-from divconq.distill.traces import TraceRecorder, TraceRun, TraceStore, import_langsmith_runs
+from divconq.distill.langsmith_runs import import_langsmith_runs
+from divconq.distill.recorder import TraceRecorder
+from divconq.distill.traces import TraceRun, TraceStore
 
 __all__ = ["HeldOut", "ImproveConfig", "TraceRecorder", "TraceRun", "TraceStore", "TrainConfig", "finetune",
            "import_langsmith_runs", "improve"]

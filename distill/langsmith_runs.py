@@ -23,19 +23,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from divconq.distill.recorder import (
-    _content_text,
-    _fill_run,
-    _llm_output_usage,
-    _model_name,
-    _one_line,
-    _order_key,
-    _role,
-    _serialized_message,
-    _token_counts,
-    exact_match,
+from divconq.distill.records import (
+    call_role,
+    content_text,
+    fill_run,
     is_divconq_task,
+    llm_output_usage,
+    model_name,
+    one_line,
+    order_key,
+    serialized_message,
+    token_counts,
 )
+from divconq.distill.recorder import exact_match
 from divconq.distill.traces import Scorer, TraceCall, TraceRun, TraceStore
 from divconq.errors import DivconqError
 from divconq.safeio import os_error_line
@@ -161,7 +161,7 @@ def _ls_messages(inputs: Mapping[str, Any]) -> list[dict[str, str]]:
     if isinstance(messages, list) and messages and isinstance(messages[0], list):
         messages = messages[0]  # a batch of prompts: the first (a graph call sends one)
     if isinstance(messages, list):
-        converted = [_serialized_message(m) for m in messages if isinstance(m, Mapping)]
+        converted = [serialized_message(m) for m in messages if isinstance(m, Mapping)]
         return [m for m in converted if m is not None]
     prompts = inputs.get("prompts")
     if isinstance(prompts, list) and prompts:
@@ -179,7 +179,7 @@ def _ls_output(outputs: Mapping[str, Any] | None) -> tuple[str | None, Mapping[s
     kwargs = (message.get("kwargs") or message) if isinstance(message, Mapping) else {}
     text = generation.get("text") if isinstance(generation, Mapping) else None
     if not text and kwargs.get("content") is not None:
-        text = _content_text(kwargs.get("content"))
+        text = content_text(kwargs.get("content"))
     return text, kwargs.get("usage_metadata")
 
 
@@ -187,14 +187,14 @@ def _ls_call(run: _LsRun, graph_id: str) -> TraceCall:
     outputs = run.outputs or {}
     text, usage = _ls_output(outputs)
     counted = {"input_tokens": run.prompt_tokens, "output_tokens": run.completion_tokens}  # LangSmith's own
-    tokens = _token_counts(counted, usage, _llm_output_usage(outputs.get("llm_output")))
+    tokens = token_counts(counted, usage, llm_output_usage(outputs.get("llm_output")))
     return TraceCall(
         call_id=run.id,
-        role=_role(run.metadata, run.tags, run.metadata.get("langgraph_node")),
+        role=call_role(run.metadata, run.tags, run.metadata.get("langgraph_node")),
         messages=_ls_messages(run.inputs),
         output=text,
         node=run.metadata.get("langgraph_node"),
-        model=_model_name(run.metadata, run.extra.get("invocation_params"), outputs.get("llm_output")),
+        model=model_name(run.metadata, run.extra.get("invocation_params"), outputs.get("llm_output")),
         input_tokens=tokens[0],
         output_tokens=tokens[1],
         seconds=run.latency,
@@ -215,8 +215,8 @@ def _ls_trace_run(graph: _LsRun, llm_runs: list[tuple[tuple[Any, ...], _LsRun]],
     )
     if graph.error or graph.outputs is None:
         run.status = "error"
-        run.error = _one_line(graph.error or "the run had not finished when it was exported")
-    _fill_run(run, graph.inputs, graph.outputs, graph.metadata, scorer)
+        run.error = one_line(graph.error or "the run had not finished when it was exported")
+    fill_run(run, graph.inputs, graph.outputs, graph.metadata, scorer)
     return run
 
 
@@ -252,7 +252,7 @@ def _trace_runs(trace_id: str, members: list[_LsRun], path: Path, scorer: Scorer
         while above is not None and above.id not in graphs:
             task, above = above, by_id.get(above.parent_id) if above.parent_id else None
         if above is not None:
-            calls[above.id].append((_order_key(task.metadata), run))
+            calls[above.id].append((order_key(task.metadata), run))
     return [_ls_trace_run(by_id[g], calls[g], scorer) for g in sorted(graphs, key=lambda g: by_id[g].start_time)]
 
 

@@ -491,7 +491,8 @@ def _screen(plan: _Plan, number: int, paths: _Round, student: str, prompts: Any,
     """The screening solver answers each question with each sample, through the graph, into the store."""
     from divconq.distill.metrics import matches_gold
     from divconq.distill.runner import RunSettings, run_examples
-    from divconq.distill.traces import TraceRecorder, TraceStore
+    from divconq.distill.recorder import TraceRecorder
+    from divconq.distill.traces import TraceStore
     from divconq.graph import build_graph
     from divconq.nodes import load_chat_model
 

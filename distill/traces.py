@@ -7,14 +7,14 @@ one SQLite file (WAL, one transaction per finished run, so a killed collection l
 most the run in flight and resumes from ``done_example_ids``). They are filled by
 ``recorder.TraceRecorder``, a LangChain callback handler that captures runs of any
 compiled LangGraph graph, and by ``langsmith_runs.import_langsmith_runs`` for runs traced to
-LangSmith; both are importable from here too.
+LangSmith (both through ``records``, and both exported by ``divconq.distill``). This
+module imports neither: they build on it.
 
 Nothing secret is written: every run is scrubbed on its way into the store.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import sqlite3
@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from divconq.errors import DivconqError, OutputWriteError
 from divconq.safeio import WriterLock, is_disk_full, os_error_line
@@ -33,14 +33,13 @@ __all__ = [
     "FORMAT",
     "SCHEMA_VERSION",
     "TraceCall",
-    "TraceRecorder",
     "TraceRun",
     "TraceStore",
-    "exact_match",
     "format_run_tree",
-    "import_langsmith_runs",
     "scrub_metadata",
     "scrub_text",
+    "to_json",
+    "usage_by_role",
 ]
 
 FORMAT = "divconq-traces"
@@ -101,7 +100,7 @@ class TraceRun:
         return [c for c in self.calls if c.role == role]
 
 
-def _usage_from_calls(calls: list[TraceCall]) -> dict[str, Any]:
+def usage_by_role(calls: list[TraceCall]) -> dict[str, Any]:
     """Calls, tokens and seconds per role: a run's usage when its graph reports none."""
     usage: dict[str, dict[str, float]] = {}
     for call in calls:
@@ -177,21 +176,21 @@ _JSON_RUN_COLUMNS = {"gold", "subquestions", "sub_answers", "usage", "metadata"}
 _PAGE = 200
 
 
-def _dumps(value: Any) -> str | None:
+def to_json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _run_row(run: TraceRun) -> tuple[Any, ...]:
     values = {name: getattr(run, name) for name in _RUN_COLUMNS}
     for name in _JSON_RUN_COLUMNS:
-        values[name] = _dumps(values[name])
+        values[name] = to_json(values[name])
     values["correct"] = None if run.correct is None else int(bool(run.correct))
     return tuple(values[name] for name in _RUN_COLUMNS)
 
 
 def _call_row(call: TraceCall, run_id: str) -> tuple[Any, ...]:
     values = {name: getattr(call, name) for name in _CALL_COLUMNS}
-    values.update(run_id=run_id, messages=_dumps(call.messages))
+    values.update(run_id=run_id, messages=to_json(call.messages))
     return tuple(values[name] for name in _CALL_COLUMNS)
 
 
@@ -599,26 +598,8 @@ def format_run_tree(run: TraceRun) -> str:
         for c in run.calls:
             label = " ".join(x for x in (c.role, c.node, c.model) if x)
             lines.append(f"  #{c.seq} {label}: {_cost(c.input_tokens, c.output_tokens, c.seconds)}")
-        for role, u in _usage_from_calls(run.calls).items():
+        for role, u in usage_by_role(run.calls).items():
             lines.append(
                 f"  {role}: {int(u['calls'])} call(s), {_cost(u['input_tokens'], u['output_tokens'], u['seconds'])}"
             )
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- re-exports
-
-# recorder.py and langsmith_runs.py import this module, so their names are re-exported lazily (PEP 562): no import cycle.
-_MOVED = {"TraceRecorder": "recorder", "exact_match": "recorder", "import_langsmith_runs": "langsmith_runs"}
-
-if TYPE_CHECKING:  # type checkers and editors do not run __getattr__
-    from divconq.distill.langsmith_runs import import_langsmith_runs
-    from divconq.distill.recorder import TraceRecorder, exact_match
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"divconq.distill.{_MOVED[name]}"), name)
-    globals()[name] = value  # found directly from now on
-    return value

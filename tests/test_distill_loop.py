@@ -14,7 +14,7 @@ from fakes import ScriptedChatModel
 from divconq.cli import main
 from divconq.distill.datasets import load_dataset
 from divconq.distill.metrics import score
-from divconq.distill.traces import TraceRecorder, TraceStore
+from divconq.distill import TraceRecorder, TraceStore
 from divconq.graph import build_graph
 from divconq.nodes import load_chat_model, parse_subquestions
 

@@ -25,7 +25,7 @@ from typing_extensions import TypedDict
 
 from divconq.cli import main
 from divconq.distill.sft import build_sft
-from divconq.distill.traces import TraceRecorder, TraceRun, TraceStore, import_langsmith_runs
+from divconq.distill import TraceRecorder, TraceRun, TraceStore, import_langsmith_runs
 from divconq.errors import DivconqError
 from divconq.graph import as_tool, build_graph
 

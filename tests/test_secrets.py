@@ -15,7 +15,7 @@ from divconq.distill.datasets import Example
 from divconq.distill.evaluate import evaluate, report
 from divconq.distill.runner import RunSettings, run_examples
 from divconq.distill.sft import sft_from_store
-from divconq.distill.traces import TraceRecorder, TraceStore, import_langsmith_runs
+from divconq.distill import TraceRecorder, TraceStore, import_langsmith_runs
 from divconq.graph import build_graph
 from divconq.scrub import REDACTED, SECRET_FORMATS, scrub_metadata, scrub_text
 

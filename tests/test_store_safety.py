@@ -18,7 +18,7 @@ from unprivileged import run_unprivileged
 from divconq.cli import main
 from divconq.distill.datasets import Example
 from divconq.distill.runner import RunSettings, run_examples
-from divconq.distill.traces import TraceRecorder, TraceRun, TraceStore
+from divconq.distill import TraceRecorder, TraceRun, TraceStore
 from divconq.errors import DivconqError, OutputWriteError
 from divconq.graph import build_graph
 

@@ -22,14 +22,13 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tracers.run_collector import RunCollectorCallbackHandler
 from langsmith.schemas import Run
 
+from divconq.distill import TraceRecorder, import_langsmith_runs
+from divconq.distill.recorder import exact_match
 from divconq.distill.traces import (
     TraceCall,
-    TraceRecorder,
     TraceRun,
     TraceStore,
-    exact_match,
     format_run_tree,
-    import_langsmith_runs,
     scrub_metadata,
     scrub_text,
 )
@@ -478,7 +477,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from divconq.distill.traces import TraceRecorder, TraceStore
+from divconq.distill import TraceRecorder, TraceStore
 from divconq.graph import build_graph
 
 class Model(BaseChatModel):
