@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fakes import ScriptedChatModel, ToolCallingChatModel, last_user_text, scripted
+from langgraph_json import load_langgraph_json_graph
 from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
@@ -24,7 +25,6 @@ from langgraph.types import Command
 
 from divconq.errors import DivconqError
 from divconq.graph import Context, build_graph
-from divconq.graph.studio import load_langgraph_json_graph
 from divconq.graph.tools import DivideAndConquerInput, as_tool, format_result
 
 ROOT = Path(__file__).resolve().parent.parent
