@@ -35,8 +35,8 @@ from divconq.distill.records import (
     serialized_message,
     token_counts,
 )
-from divconq.distill.recorder import exact_match
-from divconq.distill.traces import Scorer, TraceCall, TraceRun, TraceStore
+from divconq.distill.metrics import Metric, metric_or_scorer
+from divconq.distill.traces import TraceCall, TraceRun, TraceStore
 from divconq.errors import DivconqError
 from divconq.safeio import os_error_line
 
@@ -203,7 +203,7 @@ def _ls_call(run: _LsRun, graph_id: str) -> TraceCall:
     )
 
 
-def _ls_trace_run(graph: _LsRun, llm_runs: list[tuple[tuple[Any, ...], _LsRun]], scorer: Scorer) -> TraceRun:
+def _ls_trace_run(graph: _LsRun, llm_runs: list[tuple[tuple[Any, ...], _LsRun]], metric: Metric) -> TraceRun:
     ordered = sorted(llm_runs, key=lambda item: (item[0], item[1].start_time))
     run = TraceRun(
         run_id=graph.id,
@@ -216,7 +216,7 @@ def _ls_trace_run(graph: _LsRun, llm_runs: list[tuple[tuple[Any, ...], _LsRun]],
     if graph.error or graph.outputs is None:
         run.status = "error"
         run.error = one_line(graph.error or "the run had not finished when it was exported")
-    fill_run(run, graph.inputs, graph.outputs, graph.metadata, scorer)
+    fill_run(run, graph.inputs, graph.outputs, graph.metadata, metric)
     return run
 
 
@@ -240,7 +240,7 @@ def _graph_runs(trace_id: str, members: list[_LsRun], path: Path) -> set[str]:
     return graphs
 
 
-def _trace_runs(trace_id: str, members: list[_LsRun], path: Path, scorer: Scorer) -> list[TraceRun]:
+def _trace_runs(trace_id: str, members: list[_LsRun], path: Path, metric: Metric) -> list[TraceRun]:
     by_id = {r.id: r for r in members}
     graphs = _graph_runs(trace_id, members, path)
     calls: dict[str, list[tuple[tuple[Any, ...], _LsRun]]] = {g: [] for g in graphs}
@@ -253,11 +253,12 @@ def _trace_runs(trace_id: str, members: list[_LsRun], path: Path, scorer: Scorer
             task, above = above, by_id.get(above.parent_id) if above.parent_id else None
         if above is not None:
             calls[above.id].append((order_key(task.metadata), run))
-    return [_ls_trace_run(by_id[g], calls[g], scorer) for g in sorted(graphs, key=lambda g: by_id[g].start_time)]
+    return [_ls_trace_run(by_id[g], calls[g], metric) for g in sorted(graphs, key=lambda g: by_id[g].start_time)]
 
 
 def import_langsmith_runs(
-    jsonl_path: str | Path, store: TraceStore | str | Path, *, scorer: Scorer | None = None
+    jsonl_path: str | Path, store: TraceStore | str | Path, *, metric: Metric | None = None,
+    scorer: Metric | None = None,
 ) -> int:
     """Add the divconq graph runs of a LangSmith export (one run per JSON line, either shape).
 
@@ -267,8 +268,10 @@ def import_langsmith_runs(
     "no divconq graph ran in this trace". Re-importing is a no-op (dedupe as in
     ``TraceStore.add_new_runs``). Returns how many runs were added. ``store`` may be a
     path: the store is then opened (or created) only once the whole export has been read
-    and checked, so a bad export leaves no new file behind.
+    and checked, so a bad export leaves no new file behind. ``metric`` scores the runs with
+    gold answers as the recorder does (``scorer=`` is its deprecated name).
     """
+    metric = metric_or_scorer(metric, scorer, "import_langsmith_runs")
     path = Path(jsonl_path)
     by_trace: dict[str, list[_LsRun]] = {}
     runs = read_langsmith_runs(path)
@@ -278,7 +281,7 @@ def import_langsmith_runs(
         by_trace.setdefault(run.trace_id, []).append(run)
     found, empty = [], []
     for trace_id, members in by_trace.items():
-        runs = _trace_runs(trace_id, members, path, scorer or exact_match)
+        runs = _trace_runs(trace_id, members, path, metric)
         found.extend(runs)
         if not runs:
             empty.append(trace_id)

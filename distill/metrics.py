@@ -11,28 +11,61 @@
 Predictions are passed as the model's answer text; the metrics tolerate surrounding
 words (GSM8K takes the last number, Bamboogle checks containment), but DROP follows the
 official evaluator and scores the text as given.
+
+:data:`Metric` is the one type of a scoring function, wherever divconq takes one (the
+recorder, the LangSmith importer, ``collect``): ``metric_for(dataset)`` is a dataset's,
+``exact_match`` the default for data divconq does not know.
 """
 
 from __future__ import annotations
 
 import re
 import string
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from divconq.contract import ANSWER_RE, DROP_SPAN_SEP, normalise_answer
+from divconq.errors import DivconqError
 
 __all__ = [
     "DROP_SPAN_SEP",
     "SCORED_DATASETS",
+    "DatasetMetric",
+    "Metric",
     "bamboogle_accuracy",
     "drop_score",
+    "exact_match",
     "get_metrics",
     "gsm8k_em",
+    "is_correct",
     "matches_gold",
+    "metric_for",
     "score",
     "strategyqa_accuracy",
 ]
+
+Metric = Callable[[str | None, Sequence[str]], float]
+"""``metric(prediction, gold_answers) -> score`` from 0.0 to 1.0; a run is correct at 1.0.
+
+``prediction`` is the graph's answer (None when it gave none). A function that returns a
+bool is a Metric too: True counts as 1.0.
+"""
+
+
+def is_correct(metric: Metric, prediction: str | None, golds: Sequence[str]) -> bool:
+    """Whether ``metric`` gives the prediction full marks."""
+    return float(metric(prediction, golds)) >= 1.0
+
+
+def exact_match(prediction: str | None, golds: Sequence[str]) -> bool:
+    """The default metric: exact match against any gold, both normalised
+    (``contract.normalise_answer``: case, punctuation, articles, spacing)."""
+    if prediction is None:
+        return False
+    predicted = normalise_answer(str(prediction))
+    return any(predicted == normalise_answer(str(g)) for g in golds)
 
 # --------------------------------------------------------------------------- GSM8K
 
@@ -345,7 +378,40 @@ def score(dataset_name: str, prediction: str, example_answers: Sequence[str]) ->
     raise ValueError(f"no metric for dataset {dataset_name!r}; scorable: {', '.join(SCORED_DATASETS)}")
 
 
+@dataclass(frozen=True)
+class DatasetMetric:
+    """The :data:`Metric` of a dataset divconq scores: the ``score`` of :func:`score`
+    (for DROP, exact match; its F1 is in evaluation rows). Picklable, unlike a lambda."""
+
+    dataset: str
+
+    def __call__(self, prediction: str | None, golds: Sequence[str]) -> float:
+        return score(self.dataset, prediction or "", golds)["score"]
+
+
+def metric_for(dataset: str) -> Metric:
+    """The metric of ``dataset`` (one of :data:`SCORED_DATASETS`), checked now."""
+    name = dataset.strip().lower() if isinstance(dataset, str) else dataset
+    if name not in SCORED_DATASETS:
+        raise DivconqError(f"no metric for dataset {dataset!r}: use one of {', '.join(SCORED_DATASETS)}, "
+                           "or pass a metric of your own (prediction, gold answers) -> 0.0 to 1.0")
+    return DatasetMetric(name)
+
+
 def matches_gold(dataset_name: str, prediction: str | None, example_answers: Sequence[str]) -> bool:
-    """Whether a prediction scores full marks: how a run is screened on gold (a recorder's scorer,
-    ``functools.partial(matches_gold, dataset)``)."""
-    return score(dataset_name, prediction or "", example_answers)["score"] == 1.0
+    """Whether a prediction scores full marks on the dataset's metric: how a run is screened
+    on gold (``functools.partial(matches_gold, dataset)`` is a :data:`Metric`)."""
+    return is_correct(DatasetMetric(dataset_name), prediction, example_answers)
+
+
+def metric_or_scorer(metric: Metric | None, scorer: Metric | None, where: str) -> Metric:
+    """``metric``, or the ``scorer=`` of divconq 0.1 (deprecated for one release), or exact match."""
+    if scorer is not None:
+        if metric is not None:
+            raise DivconqError(f"{where}: pass metric= only (scorer= is its old name)")
+        warnings.warn(f"{where}(scorer=...) is deprecated: pass metric=", DeprecationWarning, stacklevel=3)
+        metric = scorer
+    if metric is not None and not callable(metric):
+        raise DivconqError(f"{where}: metric must be a function (prediction, gold answers) -> 0.0 to 1.0, "
+                           f"got {metric!r}")
+    return metric or exact_match

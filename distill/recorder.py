@@ -3,7 +3,7 @@
 Add it to the run config of a divconq graph, or of an agent or parent graph that runs
 one, and each invocation of the divconq graph becomes one ``TraceRun``: its model calls
 in task order, the question and answer read off the graph run's inputs and outputs, and
-``correct`` from a scorer (``exact_match`` by default).
+``correct`` from a :data:`~divconq.distill.metrics.Metric` (``exact_match`` by default).
 LangChain messages, metadata and usage become records through ``distill.records``, which
 ``langsmith_runs.import_langsmith_runs`` uses too, so an imported run looks like a recorded one.
 """
@@ -22,7 +22,6 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
-from divconq.contract import normalise_answer
 from divconq.distill.records import (
     call_role,
     fill_run,
@@ -34,9 +33,10 @@ from divconq.distill.records import (
     order_key,
     token_counts,
 )
-from divconq.distill.traces import Scorer, TraceCall, TraceRun, TraceStore
+from divconq.distill.metrics import Metric, metric_or_scorer
+from divconq.distill.traces import TraceCall, TraceRun, TraceStore
 
-__all__ = ["TraceRecorder", "exact_match"]
+__all__ = ["TraceRecorder"]
 
 
 class _OwnWriteErrors(logging.Filter):
@@ -48,18 +48,6 @@ class _OwnWriteErrors(logging.Filter):
 
 
 logging.getLogger("langchain_core.callbacks.manager").addFilter(_OwnWriteErrors())
-
-
-# --------------------------------------------------------------------------- answers
-
-
-def exact_match(answer: str | None, gold: list[str]) -> bool:
-    """The default scorer: exact match against any gold, both normalised
-    (``contract.normalise_answer``: case, punctuation, articles, spacing)."""
-    if answer is None:
-        return False
-    predicted = normalise_answer(str(answer))
-    return any(predicted == normalise_answer(str(g)) for g in gold)
 
 
 # --------------------------------------------------------------------------- recorder
@@ -123,15 +111,17 @@ class TraceRecorder(BaseCallbackHandler):
     parallel ``Send`` branches. A run is written when it ends (status 'ok') or fails
     (status 'error'); a run paused by ``interrupt`` is not written. ``raise_error``
     (default True) makes a failed write fail the invocation, so a collection never
-    silently loses traces.
+    silently loses traces. A run with gold answers is ``correct`` when ``metric`` gives
+    it 1.0 (``scorer=`` is the deprecated name of ``metric=``).
     """
 
     run_inline = True  # handle events in order on the caller's thread, also under asyncio
 
-    def __init__(self, store: TraceStore, *, scorer: Scorer | None = None, raise_error: bool = True) -> None:
+    def __init__(self, store: TraceStore, *, metric: Metric | None = None, raise_error: bool = True,
+                 scorer: Metric | None = None) -> None:
         super().__init__()
         self.store = store
-        self.scorer: Scorer = scorer or exact_match
+        self.metric: Metric = metric_or_scorer(metric, scorer, "TraceRecorder")
         self.raise_error = raise_error
         self._lock = threading.Lock()
         self._open: dict[UUID, _OpenRun] = {}  # divconq graph runs in flight
@@ -319,7 +309,7 @@ class TraceRecorder(BaseCallbackHandler):
         run.seconds = time.perf_counter() - open_run.t0
         ordered = sorted(open_run.calls.values(), key=lambda c: c.key)
         run.calls = [replace(c.call, seq=i) for i, c in enumerate(ordered)]
-        fill_run(run, open_run.inputs, outputs, open_run.metadata, self.scorer)
+        fill_run(run, open_run.inputs, outputs, open_run.metadata, self.metric)
         self.store.write_run(run)
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:

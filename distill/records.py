@@ -14,7 +14,8 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 
 from divconq.contract import DECOMPOSER, DECOMPOSER_NODES, GRAPH_METADATA_KEY, ROLE_METADATA_KEY, ROLE_TAG_PREFIX, SOLVER
-from divconq.distill.traces import Scorer, TraceRun, to_json, usage_by_role
+from divconq.distill.metrics import Metric, is_correct
+from divconq.distill.traces import TraceRun, to_json, usage_by_role
 
 __all__ = [
     "call_role",
@@ -172,7 +173,7 @@ _RUNTIME_PREFIXES = ("ls_", "lc_", "langgraph_", "checkpoint_", "__pregel")
 _EXTRA_OUTPUTS = ("mode", "solve", "fallback_reason")
 
 
-def fill_run(run: TraceRun, inputs: Any, outputs: Any, metadata: Mapping[str, Any], scorer: Scorer) -> None:
+def fill_run(run: TraceRun, inputs: Any, outputs: Any, metadata: Mapping[str, Any], metric: Metric) -> None:
     """Question, answer and the rest from a root run's inputs, outputs and metadata.
 
     Our graph's keys map one to one; for other graphs ``question``/``input``/``query``
@@ -203,8 +204,8 @@ def fill_run(run: TraceRun, inputs: Any, outputs: Any, metadata: Mapping[str, An
     kept = {k: v for k, v in metadata.items() if k not in _OUR_METADATA and not k.startswith(_RUNTIME_PREFIXES)}
     kept.update({k: outs[k] for k in _EXTRA_OUTPUTS if outs.get(k) is not None})
     run.metadata = kept
-    if run.gold is not None and run.status == "ok":
-        run.correct = bool(scorer(run.answer, run.gold))
+    if run.gold and run.status == "ok":  # no gold answers (Break): nothing to score against
+        run.correct = is_correct(metric, run.answer, run.gold)
 
 
 def one_line(error: BaseException | str) -> str:

@@ -510,7 +510,7 @@ def _screen(plan: _Plan, number: int, paths: _Round, student: str, prompts: Any,
                                  timeout=plan.timeout)
         graph = build_graph(decomposer, solver, prompts=prompts, max_subquestions=plan.config.max_subquestions,
                             timeout=plan.timeout).compile()
-        recorder = TraceRecorder(store, scorer=functools.partial(matches_gold, plan.dataset))
+        recorder = TraceRecorder(store, metric=functools.partial(matches_gold, plan.dataset))
 
         def config_for(example: Example) -> dict[str, Any]:
             metadata = {"gold": list(example.answers), "example_id": example.id, "dataset": plan.dataset,

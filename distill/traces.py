@@ -19,7 +19,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -45,7 +45,6 @@ __all__ = [
 FORMAT = "divconq-traces"
 SCHEMA_VERSION = "1"
 
-Scorer = Callable[[str | None, list[str]], bool]  # (answer, gold answers) -> correct
 
 
 # --------------------------------------------------------------------------- records

@@ -11,7 +11,7 @@ from fakes import ScriptedChatModel
 from divconq import contract
 from divconq.contract import ANSWER_LEAD, ANSWER_RE, DROP_SPAN_SEP, NodeName, normalise_answer
 from divconq.distill.metrics import drop_score, strategyqa_accuracy
-from divconq.distill.recorder import exact_match
+from divconq.distill.metrics import exact_match
 from divconq.distill.sft import with_gold_answer
 from divconq.graph import assemble_graph, build_graph
 from divconq.nodes.parsing import extract_answer

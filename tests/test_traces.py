@@ -23,7 +23,7 @@ from langchain_core.tracers.run_collector import RunCollectorCallbackHandler
 from langsmith.schemas import Run
 
 from divconq.distill import TraceRecorder, import_langsmith_runs
-from divconq.distill.recorder import exact_match
+from divconq.distill.metrics import exact_match
 from divconq.distill.traces import (
     TraceCall,
     TraceRun,
@@ -238,7 +238,7 @@ def test_dynamic_mode_alternates_decomposer_and_solver(store):
     assert run.decomposition == out["decomposition"]
 
 
-def test_single_mode_and_wrong_answer_and_custom_scorer(store):
+def test_single_mode_and_wrong_answer_and_custom_metric(store):
     sol = fake("The answer is: 41", "The answer is: 42")
     builder = build_graph(fake(), sol, mode="single")
     run_once(builder, store, {"question": "Six times seven?", "context": "Some text."}, {"gold": ["42"]})
@@ -247,7 +247,7 @@ def test_single_mode_and_wrong_answer_and_custom_scorer(store):
         store,
         {"question": "Six times seven, again?"},
         {"gold": ["forty-two", "42."]},
-        scorer=lambda answer, gold: answer == "42",
+        metric=lambda answer, gold: answer == "42",
     )
     wrong, right = store.runs()
     assert (wrong.route, wrong.answer, wrong.correct, wrong.context) == ("single", "41", False, "Some text.")
@@ -256,7 +256,25 @@ def test_single_mode_and_wrong_answer_and_custom_scorer(store):
     assert right.correct is True and right.gold == ["forty-two", "42."]
 
 
-def test_default_scorer_normalises():
+def test_a_run_is_correct_only_when_the_metric_gives_full_marks(store):
+    builder = build_graph(fake("1. What is six times seven?", "1. What is six times seven?"),
+                          fake("The answer is: 42", "The answer is: 42"))
+    run_once(builder, store, {"question": "Q one?"}, {"gold": ["42"]}, metric=lambda answer, gold: 0.5)
+    run_once(builder, store, {"question": "Q two?"}, {"gold": ["42"]}, metric=lambda answer, gold: 1.0)
+    assert [r.correct for r in store.runs()] == [False, True]
+
+
+def test_scorer_is_the_deprecated_name_of_metric(store):
+    with pytest.warns(DeprecationWarning, match=r"scorer=.*metric="):
+        recorder = TraceRecorder(store, scorer=lambda answer, gold: True)
+    assert recorder.metric("x", ["y"]) is True
+    with pytest.raises(DivconqError, match="metric= only"):
+        TraceRecorder(store, metric=exact_match, scorer=exact_match)
+    with pytest.raises(DivconqError, match="metric must be a function"):
+        TraceRecorder(store, metric="gsm8k")
+
+
+def test_default_metric_normalises():
     assert exact_match(" The Answer!", ["the answer"]) and exact_match("1,000", ["1000"])
     assert exact_match("3.5", ["3.5"]) and not exact_match("3.5", ["35"])
     assert not exact_match(None, ["x"]) and not exact_match("7", ["8", "70"])
