@@ -270,7 +270,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         run_info[f"{role}_price_key"] = key
     settings = RunSettings(concurrency=args.concurrency, processes=args.processes, progress=not args.json)
     # A second eval on this results file is refused now, before any model is loaded.
-    with WriterLock(check_writable_target(args.out, "--out"), "results file"):
+    lock = WriterLock(check_writable_target(args.out, "--out"), "results file")
+    with lock, log_lines("divconq.distill.evaluate"):
         # Worker processes each build their own graph (a compiled graph cannot cross a process).
         graph = functools.partial(graph_for_cli, args) if args.processes > 1 else graph_for_cli(args)
         rows = evaluate(graph, examples, dataset=args.dataset, out=args.out, run_info=run_info, settings=settings,
@@ -304,33 +305,35 @@ def in_shard(example_id: str, shard: tuple[int, int] | None) -> bool:
 
 @command("collect")
 def cmd_collect(args: argparse.Namespace) -> int:
-    from divconq.distill.metrics import matches_gold
-    from divconq.distill.runner import RunSettings, run_examples
-    from divconq.distill.recorder import TraceRecorder
+    from divconq.distill.collection import collect
+    from divconq.distill.runner import RunSettings
     from divconq.distill.traces import TraceStore
-    from divconq.scrub import scrub_text
 
     shard = parse_shard(args.shard)
     examples = [e for e in _load_examples(args) if in_shard(e.id, shard)]
-    with TraceStore(args.store) as store:
-        done = store.done_example_ids(args.dataset)
-        todo = [e for e in examples if scrub_text(e.id) not in done]  # ids are stored scrubbed
-        print(f"{len(examples)} questions, {len(examples) - len(todo)} already in {args.store}, {len(todo)} to run",
-              file=sys.stderr)
-        graph = graph_for_cli(args)
-        recorder = TraceRecorder(store, scorer=functools.partial(matches_gold, args.dataset))
-
-        def config_for(example: Any) -> dict[str, Any]:
-            metadata = {"gold": list(example.answers), "example_id": example.id, "dataset": args.dataset}
-            return {"callbacks": [recorder], "metadata": metadata}
-
-        stats = run_examples(graph, todo, lambda outcome: None, config_for=config_for, total=len(todo),
-                             settings=RunSettings(concurrency=args.concurrency), description=f"collect {args.dataset}")
-        print(f"collected {stats.finished} runs ({stats.failed} failed) into {args.store}", file=sys.stderr)
-    if todo and not stats.finished:
-        raise DivconqError(f"all {len(todo)} questions failed (first: {stats.errors[0]}): fix the cause (the model "
-                           f"spec, the server, the data) and rerun; {args.store} keeps one error run per question")
+    with TraceStore(args.store) as store, log_lines("divconq.distill.collection"):
+        # The graph is built once the store is checked and the questions to run are counted.
+        collect(functools.partial(graph_for_cli, args), examples, store, dataset=args.dataset,
+                settings=RunSettings(concurrency=args.concurrency))
     return 0
+
+
+@contextlib.contextmanager
+def log_lines(logger_name: str) -> Any:
+    """A library module's INFO lines on stderr as they are, for the length of a command."""
+    logger = logging.getLogger(logger_name)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # not again through the root's "divconq: " handler
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 @command("trace")
@@ -368,7 +371,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 @command("sft")
 def cmd_sft(args: argparse.Namespace) -> int:
-    from divconq.distill.sft import build_sft_from_gold, sft_from_store
+    from divconq.distill.sft import build_sft, build_sft_from_gold
 
     common = dict(out_dir=args.out, task=args.task, max_subquestions=args.max_subquestions,
                   val_fraction=args.val_fraction, overwrite=args.overwrite)
@@ -379,8 +382,8 @@ def cmd_sft(args: argparse.Namespace) -> int:
     else:
         if not args.store:
             raise DivconqError("pass --store TRACES.db (or --gold-data FILE --gold-dataset NAME for gold decompositions)")
-        summary = sft_from_store(args.store, variant=args.variant, screen=args.screen, answer=args.answer,
-                                 keep_no_decomposition=not args.drop_no_decomposition, **common)
+        summary = build_sft(Path(args.store), variant=args.variant, screen=args.screen, answer=args.answer,
+                            keep_no_decomposition=not args.drop_no_decomposition, **common)
     print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.format())
     return 0
 

@@ -10,9 +10,9 @@ the paper's Table 1 and plots score against cost.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,6 +24,8 @@ from divconq.distill.runner import Outcome, RunSettings, run_examples
 from divconq.errors import DivconqError, OutputWriteError
 from divconq.safeio import WriterLock, atomic_path, atomic_write, check_writable_target, os_error_line
 from divconq.scrub import scrub_text, scrub_value
+
+logger = logging.getLogger(__name__)
 
 
 # Per-1K-token prices in dollars. The paper's GPT-3.5 prices, and its example of a 13B
@@ -257,7 +259,7 @@ def evaluate(
         finally:
             os.close(fd)
     if lost:
-        print(f"{len(lost)} questions lost to connection errors are not in {out}: rerun to retry them", file=sys.stderr)
+        logger.warning("%d questions lost to connection errors are not in %s: rerun to retry them", len(lost), out)
     return read_results(out)
 
 

@@ -31,7 +31,7 @@ from typing import Literal
 from divconq.errors import DivconqError
 from divconq.distill.datasets import Example, load_dataset
 from divconq.distill.slices import Slice, check_disjoint, read_slice
-from divconq.distill.sft import append_sft_files, build_sft_from_gold, sft_from_store, write_card
+from divconq.distill.sft import append_sft_files, build_sft, build_sft_from_gold, write_card
 from divconq.distill.train import TrainConfig, finetune, read_result
 from divconq.nodes.parsing import parse_subquestions
 from divconq.nodes.prompts import PROMPT_VERSION
@@ -116,8 +116,8 @@ def build_data(data_root: Path, work: Path, teacher_store: Path | None, config: 
     if teacher_store is not None:
         from divconq.distill.traces import TraceStore
 
-        summary = sft_from_store(teacher_store, screen="gold", out_dir=work / "teacher", task=config.teacher_task,
-                                 keep_no_decomposition=config.teacher_no_decomposition)
+        summary = build_sft(teacher_store, screen="gold", out_dir=work / "teacher", task=config.teacher_task,
+                            keep_no_decomposition=config.teacher_no_decomposition)
         append_sft_files(work / "teacher", combined)
         summaries["teacher:S_D-R"] = summary.to_dict()
         with TraceStore(teacher_store, readonly=True) as store:

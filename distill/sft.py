@@ -38,8 +38,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,8 +60,13 @@ from divconq.contract import (
     SCREENS,
     STEPWISE_NODES,
     VARIANTS,
+    AnswerSource,
+    Screen,
+    Task,
+    Variant,
 )
 from divconq.distill.datasets import normalise_question
+from divconq.distill.traces import TraceStore
 from divconq.errors import DivconqError
 from divconq.nodes.parsing import NO_DECOMPOSITION, is_no_decomposition, parse_subquestions
 from divconq.nodes.prompts import PromptSet, decompose_messages, get_prompts, solve_messages
@@ -123,6 +130,10 @@ class SftSummary:
     @property
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
+
+    def __fspath__(self) -> str:
+        """The SFT dir, so the summary passes where its path does: ``finetune(build_sft(...), ...)``."""
+        return self.out_dir
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -390,14 +401,29 @@ def _finish(
     return _write(kept, summary, out_dir, overwrite)
 
 
+@contextmanager
+def _runs_of(source: TraceStore | str | os.PathLike | Iterable[Any]) -> Iterator[Iterable[Any]]:
+    """The runs to build from: a store's finished runs (a path is opened read-only), or the runs given."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise DivconqError(f"trace store {path} does not exist: collect traces first (divconq collect)")
+        with TraceStore(path, readonly=True) as store:
+            yield store.runs(status="ok")
+    elif isinstance(source, TraceStore):
+        yield source.runs(status="ok")
+    else:
+        yield source
+
+
 def build_sft(
-    runs: Iterable[Any],
+    source: TraceStore | str | os.PathLike | Iterable[Any],
     *,
-    variant: str = "decomposer",
-    screen: str = "none",
-    answer: str = "teacher",
+    variant: Variant = "decomposer",
+    screen: Screen = "none",
+    answer: AnswerSource = "teacher",
     out_dir: str | Path,
-    task: str = "math",
+    task: Task = "math",
     max_subquestions: int = 3,
     val_fraction: float = 0.1,
     overwrite: bool = False,
@@ -405,12 +431,14 @@ def build_sft(
 ) -> SftSummary:
     """Build SFT data for one paper variant from teacher runs and write it to ``out_dir``.
 
-    ``runs``: any iterable of objects with ``TraceRun``'s attributes (question, context,
-    gold, correct, route, subquestions, decomposition, solution, status, calls, ...).
+    ``source``: a ``TraceStore`` or the path of one (its finished runs: what ``collect``
+    recorded), or any iterable of objects with ``TraceRun``'s attributes (question,
+    context, gold, correct, route, subquestions, decomposition, solution, status, calls...).
     ``keep_no_decomposition=False`` drops the runs whose decomposer answered "No
     decomposition" (a teacher that declines most questions would teach the student to).
+    Returns the summary, which is also the path of ``out_dir`` (``finetune(summary, ...)``).
     Raises ``DivconqError`` on bad settings, an existing non-empty ``out_dir`` (unless
-    ``overwrite``), or when no example survives screening.
+    ``overwrite``), a missing store, or when no example survives screening.
     """
     check_choice("variant", variant, VARIANTS)
     check_choice("screen", screen, SCREENS)
@@ -419,10 +447,28 @@ def build_sft(
         raise DivconqError("answer='gold' applies to the solver variant only (S_E-A); use variant='solver'")
     if variant == "solver" and screen == "self":
         raise DivconqError("screen='self' applies to the decomposer variant only (S_D-S); use screen='gold' for solvers")
-    out_dir, prompts, summary = _begin(
-        out_dir, overwrite, task, max_subquestions, val_fraction, variant=variant, screen=screen,
-        answer=answer if variant == "solver" else None, paper_name=paper_name(variant, screen, answer), source="traces",
-    )
+    with _runs_of(source) as runs:
+        out_dir, prompts, summary = _begin(
+            out_dir, overwrite, task, max_subquestions, val_fraction, variant=variant, screen=screen,
+            answer=answer if variant == "solver" else None, paper_name=paper_name(variant, screen, answer),
+            source="traces",
+        )
+        kept, dropped = _examples_from_runs(runs, summary, prompts, screen, answer, keep_no_decomposition, val_fraction)
+    if screen == "self":
+        hint = "no sampled decomposition led the solver to gold: sample more (divconq improve --samples) or use --screen none"
+    elif screen == "gold":
+        hint = "no run matched gold: collect traces with --gold so runs are scored, or use --screen none"
+    elif variant == "solver":
+        hint = "the solver variants need static joint runs (mode static, solve joint) with sub-questions"
+    else:
+        hint = "the decomposer variants need static runs whose decomposer wrote sub-questions"
+    return _finish(kept, summary, dropped, out_dir, overwrite, hint)
+
+
+def _examples_from_runs(runs: Iterable[Any], summary: SftSummary, prompts: PromptSet, screen: str, answer: str,
+                        keep_no_decomposition: bool, val_fraction: float) -> tuple[list, Counter]:
+    """The (split, example) pairs the runs give, and why the others were dropped."""
+    variant, max_subquestions = summary.variant, summary.max_subquestions
     dropped: Counter = Counter()
     kept: list[tuple[str, dict[str, Any]]] = []
     seen_keys: set[str] = set()
@@ -468,15 +514,7 @@ def build_sft(
         else:
             summary.answer_appended += int(flag)
         kept.append((split_of(key, val_fraction), example))
-    if screen == "self":
-        hint = "no sampled decomposition led the solver to gold: sample more (divconq improve --samples) or use --screen none"
-    elif screen == "gold":
-        hint = "no run matched gold: collect traces with --gold so runs are scored, or use --screen none"
-    elif variant == "solver":
-        hint = "the solver variants need static joint runs (mode static, solve joint) with sub-questions"
-    else:
-        hint = "the decomposer variants need static runs whose decomposer wrote sub-questions"
-    return _finish(kept, summary, dropped, out_dir, overwrite, hint)
+    return kept, dropped
 
 
 def solver_tokens(run: Any) -> int:
@@ -528,38 +566,10 @@ def append_sft_files(source_dir: str | Path, target_dir: str | Path) -> None:
                     out.write(source.read_text(encoding="utf-8"))
 
 
-def sft_from_store(
-    store_path: str | Path,
-    *,
-    variant: str = "decomposer",
-    screen: str = "none",
-    answer: str = "teacher",
-    out_dir: str | Path,
-    task: str = "math",
-    max_subquestions: int = 3,
-    val_fraction: float = 0.1,
-    overwrite: bool = False,
-    keep_no_decomposition: bool = True,
-) -> SftSummary:
-    """:func:`build_sft` over the successful runs of a trace store."""
-    from divconq.distill.traces import TraceStore
-
-    store_path = Path(store_path)
-    if not store_path.is_file():
-        raise DivconqError(f"trace store {store_path} does not exist: collect traces first (divconq collect)")
-    with TraceStore(store_path, readonly=True) as store:
-        return build_sft(
-            store.runs(status="ok"),
-            variant=variant,
-            screen=screen,
-            answer=answer,
-            out_dir=out_dir,
-            task=task,
-            max_subquestions=max_subquestions,
-            val_fraction=val_fraction,
-            overwrite=overwrite,
-            keep_no_decomposition=keep_no_decomposition,
-        )
+def sft_from_store(store_path: str | Path, **settings: Any) -> SftSummary:
+    """:func:`build_sft` over the finished runs of the trace store at ``store_path``
+    (``build_sft`` takes the path itself; this name stays for divconq 0.1 callers)."""
+    return build_sft(Path(store_path), **settings)
 
 
 def build_sft_from_gold(

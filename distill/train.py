@@ -575,7 +575,7 @@ class _Resume:
 
 
 def finetune(
-    data: str | Path,
+    data: str | os.PathLike,
     *,
     out: str | Path,
     base: str | None = None,
@@ -588,7 +588,8 @@ def finetune(
     """Train a LoRA adapter on ``data`` and return the student's model spec.
 
     Args:
-        data: an SFT data dir from ``divconq.distill.sft`` (``train.jsonl``, optional ``validation.jsonl``).
+        data: an SFT data dir (``train.jsonl``, optional ``validation.jsonl``), or the summary
+            ``build_sft`` returns for the one it wrote.
         out: where the adapter, tokenizer, manifest and checkpoints go.
         base: 'default' or 'hf:<dir>' (``config.base`` when None).
         config: training settings (``TrainConfig()`` when None).

@@ -14,17 +14,21 @@ the same held-out test questions, and writes the training curve as a PNG.
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 from pathlib import Path
 
-from divconq.cli import run_step as divconq
+from divconq.contract import DECOMPOSE_NODE, SCREENS
+from divconq.distill import TrainConfig, build_sft, collect, finetune
 from divconq.distill.datasets import load_dataset
-from divconq.graph import build_graph
+from divconq.distill.runner import RunSettings
+from divconq.distill.train import read_result
 from divconq.errors import DivconqError
+from divconq.graph import build_graph
 from divconq.nodes import load_chat_model
+from divconq.nodes.manifest import read_adapter_manifest
 from divconq.nodes.models import require_server
-from divconq.safeio import atomic_path
 from divconq.nodes.prompts import get_prompts
+from divconq.safeio import atomic_path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 
@@ -37,8 +41,8 @@ def student_decompositions(spec: str, questions: list[str]) -> list[str]:
     results = []
     for q in questions:
         for update in graph.stream({"question": q}, stream_mode="updates"):
-            if "decompose" in update:
-                results.append(" | ".join((update["decompose"]["decomposition"] or "").split("\n")))
+            if DECOMPOSE_NODE in update:
+                results.append(" | ".join((update[DECOMPOSE_NODE]["decomposition"] or "").split("\n")))
                 break
     return results
 
@@ -49,7 +53,7 @@ def plot_curve(adapter: Path, png: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    manifest = json.loads((adapter / "divconq_adapter.json").read_text())
+    manifest = read_adapter_manifest(adapter)
     history = manifest["log_history"]
     train = [(h["step"], h["loss"]) for h in history if "loss" in h]
     # The validation loss before the first step is the untrained student's.
@@ -74,11 +78,13 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=300)
     parser.add_argument("--work", type=Path, default=Path("distill_demo"))
     parser.add_argument("--held-out", type=int, default=5)
-    parser.add_argument("--screen", choices=["none", "gold"], default="none", help="none: S_D-T, gold: S_D-R")
+    parser.add_argument("--screen", choices=SCREENS, default="none", help="none: S_D-T, gold: S_D-R")
     parser.add_argument("--drop-no-decomposition", action="store_true",
                         help="train only on the teacher's actual decompositions")
     parser.add_argument("--store", type=Path, help="teacher traces collected already: skip collection")
     args = parser.parse_args()
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("divconq").setLevel(logging.INFO)  # the loop's progress and losses on stderr, not httpx's
     args.work.mkdir(exist_ok=True)
     name, paper_name = {"none": ("sd_t", "S_D-T"), "gold": ("sd_r", "S_D-R")}[args.screen]
     store, data, adapter = args.store or args.work / "teacher.db", args.work / name, args.work / "student"
@@ -88,15 +94,19 @@ def main() -> None:
             require_server(args.teacher, "`python bench/teacher.py --port 8080 &` (or pass --teacher SPEC)")
         except DivconqError as exc:
             raise SystemExit(f"distill_demo: {exc}") from None
-        divconq(["collect", "--dataset", "gsm8k", "--data", str(DATA / "train.jsonl"), "--limit", str(args.questions),
-                 "--decomposer", args.teacher, "--solver", args.teacher, "--store", str(store), "--concurrency", "2"])
-    divconq(["sft", "--store", str(store), "--screen", args.screen, "--out", str(data), "--overwrite",
-             *(["--drop-no-decomposition"] if args.drop_no_decomposition else [])])
+        teacher = build_graph(args.teacher, args.teacher).compile()
+        questions = load_dataset("gsm8k", DATA / "train.jsonl")[: args.questions]
+        collect(teacher, questions, store, dataset="gsm8k", settings=RunSettings(concurrency=2))
+    sft = build_sft(store, screen=args.screen, out_dir=data, overwrite=True,
+                    keep_no_decomposition=not args.drop_no_decomposition)
+    print(sft.format())
     held_out = [e.question for e in load_dataset("gsm8k", DATA / "test.jsonl")[-args.held_out:]]
     before = student_decompositions("default+adapter=none", held_out)
-    divconq(["train", "--data", str(data), "--base", "default", "--out", str(adapter), "--overwrite",
-             "--num-train-epochs", "2", "--per-device-train-batch-size", "8", "--lora-r", "8", "--lora-alpha", "16", "--eval-steps", "5", "--logging-steps", "2"])
-    after = student_decompositions(f"default+adapter={adapter}", held_out)
+    config = TrainConfig(num_train_epochs=2, per_device_train_batch_size=8, lora_r=8, lora_alpha=16, eval_steps=5,
+                         logging_steps=2)
+    student = finetune(sft, base="default", out=adapter, config=config, overwrite=True)
+    print(read_result(adapter).format())
+    after = student_decompositions(student, held_out)
     for question, b, a in zip(held_out, before, after):
         print(f"\nQ: {question}\n  before: {b or '(nothing)'}\n  after:  {a or '(nothing)'}")
     plot_curve(adapter, args.work / "training_curve.png", paper_name)
