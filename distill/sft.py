@@ -100,7 +100,6 @@ SUMMARY_FILE = "summary.json"
 CARD_FILE = "README.md"
 
 
-
 # --------------------------------------------------------------------------- summary
 
 
