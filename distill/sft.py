@@ -244,6 +244,7 @@ def _begin(out_dir: str | Path, overwrite: bool, task: str, max_subquestions: in
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a non-empty SFT dir unless overwriting (the adapter dir of training has its own rules)."""
     if dir_holds_files(out_dir) and not overwrite:
         raise DivconqError(f"output dir {out_dir} already exists and is not empty: choose another dir or pass overwrite")
 

@@ -410,7 +410,7 @@ def _has_adapter(out_dir: Path) -> bool:
     return is_adapter_dir(out_dir) or (out_dir / ADAPTER_MANIFEST).is_file()
 
 
-def _check_out_dir(out_dir: Path, checkpoints: Path, resume: bool, overwrite: bool) -> bool:
+def _check_adapter_dir(out_dir: Path, checkpoints: Path, resume: bool, overwrite: bool) -> bool:
     """Refuse an output dir that would mix runs; True when old checkpoints must be cleared."""
     holds_files = dir_holds_files(out_dir)
     has_checkpoints = dir_holds_files(checkpoints, "checkpoints path")
@@ -615,7 +615,7 @@ def finetune(
     _check_merge_target(merge_dir, overwrite)
     _check_device(config)
     base_path = _resolve_base(config.base)
-    clear_checkpoints = _check_out_dir(out_dir, checkpoints, resume, overwrite)
+    clear_checkpoints = _check_adapter_dir(out_dir, checkpoints, resume, overwrite)
 
     model, tokenizer = _load_base(base_path, config.base)
     fingerprint = model_fingerprint(model)

@@ -889,3 +889,12 @@ def test_interrupted_run_is_written_only_when_resumed_to_the_end(store):
     graph.invoke(Command(resume="yes"), config)
     (run,) = list(store.runs())
     assert (run.question, run.answer, run.correct) == ("Proceed?", "yes", True)
+
+
+@pytest.mark.parametrize("module", ["traces", "records", "recorder", "langsmith_runs"])
+def test_each_trace_module_imports_first_and_the_store_needs_neither_writer(module):
+    """No import cycle to break lazily: the store's module loads without the recorder or the importer."""
+    probe = (f"import sys, divconq.distill.{module}; "
+             "print(sorted(m for m in ('divconq.distill.recorder', 'divconq.distill.langsmith_runs') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert (out == "[]\n") == (module in ("traces", "records"))
