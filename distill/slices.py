@@ -47,7 +47,8 @@ def read_slice(path: str | Path) -> Slice:
 
 def check_disjoint(slice_: Slice, training_ids: Iterable[str], source: str) -> None:
     """Refuse a slice that shares questions with a training set: its scores would be inflated."""
-    overlap = [i for i in slice_.ids if i in set(training_ids)]
+    trained = set(training_ids)  # once: an iterator can be read only once, and the test is per id
+    overlap = [i for i in slice_.ids if i in trained]
     if overlap:
         raise DivconqError(
             f"slice {slice_.name} overlaps the training ids of {source} ({len(overlap)} ids, e.g. {overlap[0]}): "

@@ -53,8 +53,8 @@ def test_recipe_data_mixes_gold_and_screened_teacher_decompositions(tmp_path):
 def test_recipe_never_trains_on_a_held_out_question_and_shortens_long_gold(tmp_path):
     from divconq.distill.datasets import load_dataset
 
-    examples = load_dataset("gsm8k", SHARED_DATA / "gsm8k" / "test_socratic.jsonl")[:40]
-    held_out = frozenset(e.id for e in examples[:20])
+    socratic = load_dataset("gsm8k", SHARED_DATA / "gsm8k" / "test_socratic.jsonl")
+    held_out = frozenset(e.id for e in socratic[:20])
     config = RecipeConfig(gold=[GoldSource("gsm8k", "gsm8k/test_socratic.jsonl", "math", 30, long="shorten")])
     data, summaries, ids = build_data(SHARED_DATA, tmp_path / "work", None, config, held_out)
 
@@ -62,7 +62,7 @@ def test_recipe_never_trains_on_a_held_out_question_and_shortens_long_gold(tmp_p
     rows = [json.loads(line) for name in ("train.jsonl", "validation.jsonl") if (data / name).is_file()
             for line in (data / name).read_text().splitlines()]
     assert len(rows) == summaries["gold:gsm8k"]["kept"] == len(ids)
-    by_question = {e.question: e for e in load_dataset("gsm8k", SHARED_DATA / "gsm8k" / "test_socratic.jsonl")}
+    by_question = {e.question: e for e in socratic}
     shortened = 0
     for row in rows:
         steps = row["messages"][-1]["content"].splitlines()

@@ -109,6 +109,8 @@ def test_slice_selects_in_order_and_refuses_overlap_and_unknown_ids(tmp_path):
         select([E("a")], slice_)
     with pytest.raises(DivconqError, match="overlaps the training ids of adapter X"):
         check_disjoint(slice_, {"a"}, "adapter X")
+    with pytest.raises(DivconqError, match=r"\(1 ids, e.g. a\)"):  # any Iterable, as the signature says: a one-pass iterator too
+        check_disjoint(slice_, iter(["c", "a"]), "adapter X")
     assert held_out([E("a"), E("b"), E("c")], {"b"}, 2) == ["a", "c"]
 
 
