@@ -24,8 +24,10 @@ from divconq.contract import (
     ANSWER_SOURCES,
     ANSWER_STEP_NODE,
     DEFAULT_TIMEOUT_SECONDS,
+    ENGINES,
     MAX_CAP,
     MODES,
+    QUANTS,
     ROLE_METADATA_KEY,
     ROLES,
     SCREENS,
@@ -75,8 +77,9 @@ def graph_for_cli(args: argparse.Namespace) -> Any:
     from divconq.nodes import load_chat_model
 
     decomposer = load_chat_model(args.decomposer, role="decomposer", max_new_tokens=args.max_new_tokens,
-                                 timeout=args.timeout)
-    solver = load_chat_model(args.solver, role="solver", max_new_tokens=args.max_new_tokens, timeout=args.timeout)
+                                 timeout=args.timeout, engine=args.engine)
+    solver = load_chat_model(args.solver, role="solver", max_new_tokens=args.max_new_tokens, timeout=args.timeout,
+                             engine=args.engine)
     return build_graph(
         decomposer, solver, mode=args.mode, solve=args.solve, prompts=prompts_for_cli(args),
         max_subquestions=args.max_subquestions,
@@ -435,6 +438,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("export")
+def cmd_export(args: argparse.Namespace) -> int:
+    from divconq.nodes.gguf_files import export_gguf
+
+    result = export_gguf(args.adapter, args.gguf, base=args.base, quant=args.quant, lora_gguf=args.lora_gguf,
+                         overwrite=args.overwrite, trust_adapter=args.trust_adapter, progress=not args.json)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
+    return 0
+
+
+@command("llamacpp")
+def cmd_llamacpp(args: argparse.Namespace) -> int:
+    from divconq.nodes import llamacpp
+
+    if args.llamacpp_command == "build":
+        server = llamacpp.build(jobs=args.jobs, force=args.force)
+    else:
+        server = llamacpp.require_tool("llama-server", "this")
+    info = {"llama_server": str(server), "llama_quantize": str(llamacpp.tool_path("llama-quantize") or ""),
+            "source": str(llamacpp.source_dir()), "llama_cpp_python_version": llamacpp.LLAMA_CPP_PYTHON_VERSION}
+    print(json.dumps(info, indent=2) if args.json else server)
+    return 0
+
+
 SPEC_HELP = """model specs (--decomposer, --solver, --base):
   default                            the embedded SmolLM2-135M-Instruct (as decomposer: with the shipped adapter)
   default+adapter=none               the embedded model without any adapter
@@ -442,6 +469,9 @@ SPEC_HELP = """model specs (--decomposer, --solver, --base):
   hf:DIR_OR_HUB_ID[+adapter=DIR]     a transformers causal LM, optionally with a LoRA adapter
   PROVIDER:MODEL                     anything init_chat_model accepts, e.g. openai:gpt-4o-mini
   openai:MODEL@http://HOST:PORT/v1   an OpenAI-compatible server (vLLM, llama.cpp, Ollama)
+  llamacpp:FILE.gguf[+lora=A.gguf]   a GGUF on a llama-server child (divconq llamacpp build; divconq export)
+
+engines (--engine): how default and hf: specs run; auto takes llama.cpp for default once it is built
 
 modes (--mode): static (all sub-questions first, the paper), dynamic (one at a time),
   single (the solver alone), auto (decompose; single-stage on 'No decomposition')"""
@@ -498,6 +528,10 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="cap on tokens per model reply (default: %(default)s)")
     parser.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_SECONDS, metavar="SECONDS",
                         help="seconds an API model may take per request before it is retried (default: %(default)s)")
+    parser.add_argument("--engine", default="auto", choices=ENGINES,
+                        help="how default and hf: specs run: transformers, or llama.cpp on GGUF copies made once; "
+                        "auto: llama.cpp for default when it is built (divconq llamacpp build), else transformers "
+                        "(default: %(default)s)")
 
 
 class _Parser(OneLineParser):
@@ -685,6 +719,31 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--pricing", metavar="FILE", help='JSON {"spec": {"input": $/1K, "output": $/1K}} (default: the paper\'s GPT-3.5 prices)')
     rep.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
     rep.add_argument("--png", metavar="FILE", help="also plot score against cost per question as a PNG")
+
+    export = sub.add_parser("export", help="write a trained student as a GGUF file for llama.cpp")
+    export.add_argument("--adapter", metavar="DIR", help="the adapter dir of divconq train (its manifest names the base)")
+    export.add_argument("--gguf", required=True, metavar="OUT.gguf", help="the GGUF file to write")
+    export.add_argument("--base", metavar="SPEC", help="the base model, default or hf:DIR (default: the adapter "
+                        "manifest's; alone, without --adapter, exports the base)")
+    export.add_argument("--quant", default="q8_0", choices=QUANTS,
+                        help="weight format: q8_0 near-lossless, q4_k_m smaller and faster, f16 or f32 unquantized "
+                        "(default: %(default)s; a --lora-gguf is f32, f16 or q8_0)")
+    export.add_argument("--lora-gguf", action="store_true",
+                        help="write the adapter unmerged, for llamacpp:<base.gguf>+lora=OUT.gguf")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing OUT.gguf")
+    export.add_argument("--trust-adapter", action="store_true",
+                        help="export an adapter without a divconq manifest or with pickled weights")
+    export.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    lcpp = sub.add_parser("llamacpp", help="build llama.cpp's llama-server, or show where it is")
+    lcpp_sub = lcpp.add_subparsers(dest="llamacpp_command", required=True)
+    lbuild = lcpp_sub.add_parser("build", help="compile llama-server and llama-quantize from the llama-cpp-python "
+                                 "sdist on PyPI into the divconq cache (about 10 min on 2 cores)")
+    lbuild.add_argument("--jobs", type=positive_int, metavar="N", help="parallel compile jobs (default: every core)")
+    lbuild.add_argument("--force", action="store_true", help="rebuild even when a build is there")
+    lbuild.add_argument("--json", action="store_true", help="print the paths as JSON")
+    where = lcpp_sub.add_parser("where", help="print the llama-server path (exit 2 when it is not built)")
+    where.add_argument("--json", action="store_true", help="print the paths as JSON")
 
     for extend in EXTENSIONS:
         extend(sub)

