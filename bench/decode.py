@@ -1,29 +1,49 @@
-"""Decoding speed of the student decomposer: one question at a time and batched.
+"""Decoding speed of the shipped student decomposer, engine by engine, in one run.
 
-Compares the measured tokens per second with a memory-bandwidth estimate: decoding
-one token reads every parameter once, so tokens/s <= bandwidth / parameter bytes. The
-bandwidth is measured here with a large array copy.
+Rows, on the same model (the embedded SmolLM2-135M plus the shipped adapter) and the same
+decomposition prompts, one stream and batched:
 
-    python bench/decode.py [--model default] [--questions 8] [--batch 8] [--new-tokens 48] [--json]
+- transformers, fp32 (the adapter merged);
+- llama.cpp, the student merged and exported as Q8_0 and as Q4_K_M (``divconq export``);
+- llama.cpp as ``default`` runs it: the shipped Q4_1 GGUF with the adapter as an f32 LoRA GGUF.
+
+Each row has its bandwidth bound: decoding a step reads every weight once, so tokens/s <=
+batch x copy bandwidth / bytes of weights (the copy bandwidth is measured here with a large
+array copy, reads only: half its traffic). Rows of one stream also carry the decomposition
+latency per question: the real decomposer chat model, the full 256-token cap, GSM8K test
+questions of the held-out slice, one at a time. Written to bench/results/decode.json.
+
+    python bench/decode.py [--questions 4] [--batch 4] [--new-tokens 32] [--decompose 4] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 
+from divconq.distill.datasets import load_dataset
+from divconq.distill.slices import read_slice, select
 from divconq.nodes import prompts as P
-from divconq.nodes.models import _resolve_adapter, _resolve_local_path, attach_adapter, load_causal_lm, parse_spec
+from divconq.nodes.chat_llamacpp import load_llamacpp_chat_model, shared_server, stop_servers
+from divconq.nodes.gguf_files import adapter_fingerprint, cached_lora_gguf, export_gguf
+from divconq.nodes.llamacpp import ServerSettings
+from divconq.nodes.models import (
+    DEFAULT_ADAPTER_DIR, attach_adapter, default_gguf_path, default_model_dir, load_causal_lm, load_chat_model,
+)
+from divconq.safeio import atomic_write
 
-QUESTIONS = [
-    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?",
-    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?",
-    "Betty is saving money for a new wallet which costs $100. Betty has only half of the money she needs. Her parents decided to give her $15 for that purpose, and her grandparents twice as much as her parents. How much more money does Betty need to buy the wallet?",
-    "James writes a 3-page letter to 2 different friends twice a week. How many pages does he write a year?",
-]
+ROOT = Path(__file__).resolve().parents[1]
+GSM8K_TEST = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+SLICE = ROOT / "bench" / "results" / "gsm8k_heldout.txt"
+DEFAULT_OUT = ROOT / "bench" / "results" / "decode.json"
 
 
 def bandwidth_gb_s(size_mb: int = 512, repeats: int = 5) -> float:
@@ -38,80 +58,150 @@ def bandwidth_gb_s(size_mb: int = 512, repeats: int = 5) -> float:
     return 2 * src.numel() * 4 / best / 1e9
 
 
-def prompts_for(tokenizer, questions: list[str]) -> list[str]:
-    prompt_set = P.get_prompts("math")
-    rendered = []
-    for q in questions:
-        messages = [{"role": m.type.replace("human", "user").replace("ai", "assistant"), "content": m.content}
-                    for m in P.decompose_messages(prompt_set, q)]
-        rendered.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    return rendered
+def chat_messages(question: str) -> list[dict[str, str]]:
+    return [{"role": m.type.replace("human", "user").replace("ai", "assistant"), "content": m.content}
+            for m in P.decompose_messages(P.get_prompts("math"), question)]
 
 
-def generate(model, tokenizer, texts: list[str], new_tokens: int) -> tuple[int, float]:
+def heldout_questions(n: int) -> list[str]:
+    return [e.question for e in select(load_dataset("gsm8k", GSM8K_TEST), read_slice(SLICE))[:n]]
+
+
+# --------------------------------------------------------------------------- transformers
+
+
+def transformers_rows(questions: list[str], batch: int, new_tokens: int) -> tuple[list[dict], int]:
+    model, tokenizer = load_causal_lm(str(default_model_dir()))
+    model = attach_adapter(model, DEFAULT_ADAPTER_DIR, "default")
+    texts = [tokenizer.apply_chat_template(chat_messages(q), tokenize=False, add_generation_prompt=True) for q in questions]
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+    def generate(group: list[str]) -> tuple[int, float]:
+        inputs = tokenizer(group, return_tensors="pt", padding=True, add_special_tokens=False)
+        started = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+        return (out.shape[1] - inputs["input_ids"].shape[1]) * len(group), time.perf_counter() - started
+
+    generate(texts[:1])  # warm up
+    rows = []
+    for size in (1, batch):
+        timed = [generate(texts[i : i + size]) for i in range(0, len(texts), size)]
+        rows.append({"engine": "transformers", "format": "fp32", "batch": size,
+                     "tokens_per_s": sum(t for t, _ in timed) / sum(s for _, s in timed)})
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    del model
+    return rows, weight_bytes
+
+
+# --------------------------------------------------------------------------- llama.cpp
+
+
+def complete(url: str, question: str, new_tokens: int) -> int:
+    """One greedy completion of exactly ``new_tokens`` tokens (end of turn ignored); its token count."""
+    body = {"messages": chat_messages(question), "max_tokens": new_tokens, "temperature": 0, "ignore_eos": True}
+    request = urllib.request.Request(f"{url}/chat/completions", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.loads(response.read())["usage"]["completion_tokens"]
+
+
+def llamacpp_rows(fmt: str, gguf: Path, lora: list[Path], questions: list[str], batch: int,
+                  new_tokens: int) -> list[dict]:
+    url = shared_server(gguf, lora, ServerSettings(parallel=batch)).url
+    complete(url, questions[0], 4)  # warm up
+    rows = []
+    for size in (1, batch):
+        started = time.perf_counter()
+        with ThreadPoolExecutor(size) as pool:
+            tokens = sum(pool.map(lambda q: complete(url, q, new_tokens), questions))
+        rows.append({"engine": "llamacpp", "format": fmt, "batch": size,
+                     "tokens_per_s": tokens / (time.perf_counter() - started)})
+    return rows
+
+
+def gguf_weight_bytes(paths: list[Path]) -> int:
+    from gguf import GGUFReader
+
+    return sum(int(t.n_bytes) for path in paths for t in GGUFReader(path).tensors)
+
+
+# --------------------------------------------------------------------------- decomposition latency
+
+
+def decompose_seconds(model, questions: list[str]) -> float:
+    model.invoke(P.decompose_messages(P.get_prompts("math"), questions[0]))  # warm up
     started = time.perf_counter()
-    with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
-    seconds = time.perf_counter() - started
-    return (out.shape[1] - batch["input_ids"].shape[1]) * len(texts), seconds
+    for question in questions:
+        model.invoke(P.decompose_messages(P.get_prompts("math"), question))
+    return (time.perf_counter() - started) / len(questions)
+
+
+def llamacpp_variants(work: Path) -> dict[str, tuple[Path, list[Path]]]:
+    """The student as llama.cpp runs it: merged and exported, and as ``default`` runs it."""
+    variants = {}
+    for quant in ("q8_0", "q4_k_m"):
+        merged = work / f"student-{quant}.gguf"
+        export_gguf(DEFAULT_ADAPTER_DIR, merged, quant=quant, progress=False)
+        variants[quant] = (merged, [])
+    variants["q4_1+lora"] = (default_gguf_path(), [cached_lora_gguf(DEFAULT_ADAPTER_DIR)])
+    return variants
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="default", help="model spec (default: the embedded student decomposer)")
-    parser.add_argument("--questions", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=48)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--questions", type=int, default=4, help="prompts per speed row")
+    parser.add_argument("--batch", type=int, default=4, help="requests decoded together in the batched rows")
+    parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per prompt in the speed rows")
+    parser.add_argument("--decompose", type=int, default=4, help="questions for the decomposition latency")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
+    load_before, started = os.getloadavg(), time.time()
 
-    spec = parse_spec(args.model)
-    model, tokenizer = load_causal_lm(_resolve_local_path(spec))
-    adapter = _resolve_adapter(spec, "decomposer")
-    if adapter:
-        model = attach_adapter(model, adapter, args.model)
-    questions = (QUESTIONS * args.questions)[: args.questions]
-    texts = prompts_for(tokenizer, questions)
-    generate(model, tokenizer, texts[:1], 4)  # warm up
-
-    single_tokens = single_seconds = 0.0
-    for text in texts:
-        tokens, seconds = generate(model, tokenizer, [text], args.new_tokens)
-        single_tokens += tokens
-        single_seconds += seconds
-    batched_tokens = batched_seconds = 0.0
-    for i in range(0, len(texts), args.batch):
-        tokens, seconds = generate(model, tokenizer, texts[i : i + args.batch], args.new_tokens)
-        batched_tokens += tokens
-        batched_seconds += seconds
-
-    params = sum(p.numel() for p in model.parameters())
-    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    questions = heldout_questions(max(args.questions, args.decompose))
+    speed_questions = (questions * args.questions)[: args.questions]
+    decompose_questions = questions[: args.decompose]
     bandwidth = bandwidth_gb_s()
-    result = {
-        "model": args.model,
-        "parameters": params,
-        "parameter_bytes": param_bytes,
-        "dtype": str(next(model.parameters()).dtype),
-        "threads": torch.get_num_threads(),
-        "single_tokens_per_s": single_tokens / single_seconds,
-        "batched_tokens_per_s": batched_tokens / batched_seconds,
-        "batch": args.batch,
-        "copy_bandwidth_gb_s": bandwidth,
-        "bandwidth_bound_tokens_per_s": bandwidth * 1e9 / 2 / param_bytes,  # reads only: half the copy traffic
-    }
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
-    print(f"{args.model}: {params / 1e6:.1f} M parameters, {param_bytes / 2**20:.0f} MiB ({result['dtype']}), {result['threads']} threads")
-    print(f"one question at a time : {result['single_tokens_per_s']:8.1f} tokens/s")
-    print(f"batched ({args.batch:>2} questions) : {result['batched_tokens_per_s']:8.1f} tokens/s")
-    print(f"bandwidth bound        : {result['bandwidth_bound_tokens_per_s']:8.1f} tokens/s "
-          f"(copy bandwidth {bandwidth:.1f} GB/s; one token reads every parameter once)")
+    rows, fp32_bytes = transformers_rows(speed_questions, args.batch, args.new_tokens)
+    weight_bytes = {"fp32": fp32_bytes}
+    rows[0]["decompose_seconds_per_q"] = decompose_seconds(
+        load_chat_model("default", role="decomposer", engine="transformers"), decompose_questions)
 
+    with tempfile.TemporaryDirectory(prefix="decode-") as work:
+        for fmt, (gguf, lora) in llamacpp_variants(Path(work)).items():
+            fmt_rows = llamacpp_rows(fmt, gguf, lora, speed_questions, args.batch, args.new_tokens)
+            weight_bytes[fmt] = gguf_weight_bytes([gguf, *lora])
+            decomposer = (load_chat_model("default", role="decomposer", engine="llamacpp") if lora
+                          else load_llamacpp_chat_model(gguf, label=f"student-{fmt}"))
+            fmt_rows[0]["decompose_seconds_per_q"] = decompose_seconds(decomposer, decompose_questions)
+            stop_servers()
+            rows += fmt_rows
+
+    for row in rows:
+        # Reads only (half the copy traffic); a batch shares each read of the weights.
+        row["bound_tokens_per_s"] = row["batch"] * bandwidth * 1e9 / 2 / weight_bytes[row["format"]]
+        row.setdefault("decompose_seconds_per_q", None)
+    result = {
+        "model": "default: SmolLM2-135M-Instruct + nodes/default_adapter",
+        "adapter_fingerprint": adapter_fingerprint(DEFAULT_ADAPTER_DIR),
+        "copy_bandwidth_gb_s": bandwidth, "weight_bytes": weight_bytes, "cores": os.cpu_count(),
+        "new_tokens": args.new_tokens, "questions": args.questions, "decompose_questions": args.decompose,
+        "nice": os.nice(0), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "seconds": time.time() - started,
+        "rows": [{key: row[key] for key in ROW_KEYS} for row in rows],
+    }
+    atomic_write(args.out, json.dumps(result, indent=2) + "\n", what="results file")
+    print(f"{'engine':<13}{'format':<11}{'batch':>5}{'tokens/s':>10}{'bound':>9}{'of bound':>9}{'s/q':>7}")
+    for row in result["rows"]:
+        latency = f"{row['decompose_seconds_per_q']:.2f}" if row["decompose_seconds_per_q"] else "-"
+        print(f"{row['engine']:<13}{row['format']:<11}{row['batch']:>5}{row['tokens_per_s']:>10.1f}"
+              f"{row['bound_tokens_per_s']:>9.1f}{row['tokens_per_s'] / row['bound_tokens_per_s']:>9.0%}{latency:>7}")
+    print(f"copy bandwidth {bandwidth:.1f} GB/s; load average {load_before[0]:.1f} before, "
+          f"{result['load_average_after'][0]:.1f} after; wrote {args.out}")
+
+
+ROW_KEYS = ("engine", "format", "batch", "tokens_per_s", "bound_tokens_per_s", "decompose_seconds_per_q")
 
 if __name__ == "__main__":
     main()
