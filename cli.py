@@ -725,9 +725,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--gguf", required=True, metavar="OUT.gguf", help="the GGUF file to write")
     export.add_argument("--base", metavar="SPEC", help="the base model, default or hf:DIR (default: the adapter "
                         "manifest's; alone, without --adapter, exports the base)")
-    export.add_argument("--quant", default="q8_0", choices=QUANTS,
+    export.add_argument("--quant", choices=QUANTS,
                         help="weight format: q8_0 near-lossless, q4_k_m smaller and faster, f16 or f32 unquantized "
-                        "(default: %(default)s; a --lora-gguf is f32, f16 or q8_0)")
+                        "(default: q8_0; a --lora-gguf is f32 by default, or f16 or q8_0)")
     export.add_argument("--lora-gguf", action="store_true",
                         help="write the adapter unmerged, for llamacpp:<base.gguf>+lora=OUT.gguf")
     export.add_argument("--overwrite", action="store_true", help="replace an existing OUT.gguf")

@@ -125,18 +125,20 @@ def check_export_target(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
-def export_gguf(adapter: str | Path | None, out: str | Path, *, base: str | None = None, quant: Quant = "q8_0",
+def export_gguf(adapter: str | Path | None, out: str | Path, *, base: str | None = None, quant: Quant | None = None,
                 lora_gguf: bool = False, overwrite: bool = False, trust_adapter: bool = False,
                 progress: bool = True) -> ExportResult:
     """Write a trained student (``base`` plus the adapter in ``adapter``) as one GGUF file.
 
     ``base``: the model spec the adapter was trained on (default: its manifest's). With
-    ``lora_gguf``, the adapter alone is written, unmerged. Every input is checked before the
+    ``lora_gguf``, the adapter alone is written, unmerged. ``quant``: q8_0 for a model, f32
+    for a LoRA GGUF unless given. Every input is checked before the
     model loads; the file is written under a temporary name and renamed into place.
     """
     from divconq.nodes.models import _check_adapter_files, default_gguf_path, read_adapter_manifest
 
     out = check_export_target(out, overwrite)
+    quant = quant or ("f32" if lora_gguf else "q8_0")
     if quant not in QUANTS:
         raise DivconqError(f"unknown --quant {quant!r}: use one of {', '.join(QUANTS)}")
     adapter_dir = Path(adapter).expanduser() if adapter else None
@@ -150,6 +152,7 @@ def export_gguf(adapter: str | Path | None, out: str | Path, *, base: str | None
     if not base:
         raise DivconqError("nothing names the base model: pass --base SPEC (default or hf:<dir>) or an --adapter "
                            "dir of `divconq train`, whose manifest names it")
+    _check_local_base(base)
     source = llamacpp.require_source("divconq export")
     if quant in _QUANTIZED:
         llamacpp.require_tool("llama-quantize", f"--quant {quant}")
@@ -186,19 +189,25 @@ def export_gguf(adapter: str | Path | None, out: str | Path, *, base: str | None
                         out.stat().st_size, spec)
 
 
-def _local_base(base: str) -> tuple[Path, str]:
-    from divconq.nodes.models import DEFAULT_MODEL_NAME, default_model_dir, parse_spec
+def _check_local_base(base: str) -> None:
+    """A base export can read: 'default', or a local transformers model dir (cheap checks only)."""
+    from divconq.nodes.models import parse_spec
 
     spec = parse_spec(base)
     if spec.kind not in ("default", "hf") or spec.adapter:
         raise DivconqError(f"cannot export base {base!r}: use a local model without an adapter, 'default' or 'hf:<dir>'")
-    if spec.kind == "default":
-        return default_model_dir(), DEFAULT_MODEL_NAME
-    path = Path(spec.target).expanduser()
-    if not (path / "config.json").is_file():
+    if spec.kind == "hf" and not (Path(spec.target).expanduser() / "config.json").is_file():
         raise DivconqError(f"base {base!r} is not a local model dir (no config.json): export needs the model's files "
                            "on disk, hf:<dir>")
-    return path, spec.target
+
+
+def _local_base(base: str) -> tuple[Path, str]:
+    from divconq.nodes.models import DEFAULT_MODEL_NAME, default_model_dir, parse_spec
+
+    spec = parse_spec(base)
+    if spec.kind == "default":
+        return default_model_dir(), DEFAULT_MODEL_NAME
+    return Path(spec.target).expanduser(), spec.target
 
 
 def _merged_model_dir(base_path: Path, label: str, adapter_dir: Path | None, work: Path, trust: bool,
