@@ -4,10 +4,13 @@ Rows, on the same model (the embedded SmolLM2-135M plus the shipped adapter) and
 decomposition prompts, one stream and batched:
 
 - transformers, fp32 (the adapter merged);
-- llama.cpp, the student merged and exported as Q8_0 and as Q4_K_M (``divconq export``);
-- llama.cpp as ``default`` runs it: the shipped Q4_1 GGUF with the adapter as an f32 LoRA GGUF.
+- llama.cpp, the student merged and exported as Q8_0 (what ``default`` runs) and as Q4_K_M
+  (``divconq export``);
+- llama.cpp on the shipped Q4_1 GGUF with the adapter as an f32 LoRA GGUF applied at run time.
 
-Each row has its bandwidth bound: decoding a step reads every weight once, so tokens/s <=
+Tokens per second count decoding only, as the bound does: the prompt's prefill is left out
+(llama-server's own timings; for transformers, a one-token run is subtracted). Each row
+has its bandwidth bound: decoding a step reads every weight once, so tokens/s <=
 batch x copy bandwidth / bytes of weights (the copy bandwidth is measured here with a large
 array copy, reads only: half its traffic). Rows of one stream also carry the decomposition
 latency per question: the real decomposer chat model, the full 256-token cap, GSM8K test
@@ -76,15 +79,21 @@ def transformers_rows(questions: list[str], batch: int, new_tokens: int) -> tupl
     texts = [tokenizer.apply_chat_template(chat_messages(q), tokenize=False, add_generation_prompt=True) for q in questions]
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
 
-    def generate(group: list[str]) -> tuple[int, float]:
+    def run(group: list[str], count: int) -> float:
         inputs = tokenizer(group, return_tensors="pt", padding=True, add_special_tokens=False)
         started = time.perf_counter()
         with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-        return (out.shape[1] - inputs["input_ids"].shape[1]) * len(group), time.perf_counter() - started
+            model.generate(**inputs, max_new_tokens=count, min_new_tokens=count, do_sample=False,
+                           pad_token_id=tokenizer.pad_token_id)
+        return time.perf_counter() - started
 
-    generate(texts[:1])  # warm up
+    def generate(group: list[str]) -> tuple[int, float]:
+        # Decoding only: a one-token run (the prompt's prefill) is subtracted, as llama.cpp's timings do;
+        # the best of two runs each, since a busy machine makes single runs jitter.
+        full, prefill = (min(run(group, count) for _ in range(2)) for count in (new_tokens, 1))
+        return (new_tokens - 1) * len(group), full - prefill
+
+    run(texts[:1], 4)  # warm up
     rows = []
     for size in (1, batch):
         timed = [generate(texts[i : i + size]) for i in range(0, len(texts), size)]
@@ -98,13 +107,15 @@ def transformers_rows(questions: list[str], batch: int, new_tokens: int) -> tupl
 # --------------------------------------------------------------------------- llama.cpp
 
 
-def complete(url: str, question: str, new_tokens: int) -> int:
-    """One greedy completion of exactly ``new_tokens`` tokens (end of turn ignored); its token count."""
+def complete(url: str, question: str, new_tokens: int) -> tuple[int, float]:
+    """One greedy completion of exactly ``new_tokens`` tokens (end of turn ignored): the tokens
+    decoded and the server's decoding seconds (its timings leave the prompt's prefill out)."""
     body = {"messages": chat_messages(question), "max_tokens": new_tokens, "temperature": 0, "ignore_eos": True}
     request = urllib.request.Request(f"{url}/chat/completions", json.dumps(body).encode(),
                                      {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=600) as response:
-        return json.loads(response.read())["usage"]["completion_tokens"]
+        timings = json.loads(response.read())["timings"]
+    return timings["predicted_n"], timings["predicted_ms"] / 1000
 
 
 def llamacpp_rows(fmt: str, gguf: Path, lora: list[Path], questions: list[str], batch: int,
@@ -113,11 +124,13 @@ def llamacpp_rows(fmt: str, gguf: Path, lora: list[Path], questions: list[str], 
     complete(url, questions[0], 4)  # warm up
     rows = []
     for size in (1, batch):
-        started = time.perf_counter()
-        with ThreadPoolExecutor(size) as pool:
-            tokens = sum(pool.map(lambda q: complete(url, q, new_tokens), questions))
-        rows.append({"engine": "llamacpp", "format": fmt, "batch": size,
-                     "tokens_per_s": tokens / (time.perf_counter() - started)})
+        tokens = seconds = 0.0
+        for i in range(0, len(questions), size):
+            with ThreadPoolExecutor(size) as pool:
+                timed = list(pool.map(lambda q: complete(url, q, new_tokens), questions[i : i + size]))
+            # The group's requests decode together: its decoding lasts as long as its longest one.
+            tokens, seconds = tokens + sum(n for n, _ in timed), seconds + max(s for _, s in timed)
+        rows.append({"engine": "llamacpp", "format": fmt, "batch": size, "tokens_per_s": tokens / seconds})
     return rows
 
 
@@ -172,8 +185,7 @@ def main() -> None:
         for fmt, (gguf, lora) in llamacpp_variants(Path(work)).items():
             fmt_rows = llamacpp_rows(fmt, gguf, lora, speed_questions, args.batch, args.new_tokens)
             weight_bytes[fmt] = gguf_weight_bytes([gguf, *lora])
-            decomposer = (load_chat_model("default", role="decomposer", engine="llamacpp") if lora
-                          else load_llamacpp_chat_model(gguf, label=f"student-{fmt}"))
+            decomposer = load_llamacpp_chat_model(gguf, lora[0] if lora else None, label=f"student-{fmt}")
             fmt_rows[0]["decompose_seconds_per_q"] = decompose_seconds(decomposer, decompose_questions)
             stop_servers()
             rows += fmt_rows

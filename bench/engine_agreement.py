@@ -1,9 +1,9 @@
 """Do the engines decompose alike? The shipped student's sub-questions through transformers
 and through llama.cpp, greedy, on held-out GSM8K questions, compared question by question.
 
-Engines: ``default`` as each runs it (transformers: the de-quantized Q4_1 base with the
-adapter merged in fp32; llama.cpp: the shipped Q4_1 GGUF with the adapter as an f32 LoRA
-GGUF) and, with --merged, the student exported by ``divconq export`` (Q8_0). Every
+Against ``default`` on transformers (the de-quantized Q4_1 base with the adapter merged in
+fp32): llama.cpp on the shipped Q4_1 GGUF with the adapter as an f32 LoRA GGUF, and with
+--merged the student exported by ``divconq export`` (Q8_0: what ``default`` runs on llama.cpp). Every
 difference is listed with both texts. Written to bench/results/engine_agreement.json.
 
     python bench/engine_agreement.py [--questions 20] [--merged q8_0] [--out FILE]
@@ -21,8 +21,8 @@ from decode import heldout_questions
 
 from divconq.nodes import prompts as P
 from divconq.nodes.chat_llamacpp import load_llamacpp_chat_model
-from divconq.nodes.gguf_files import adapter_fingerprint, export_gguf
-from divconq.nodes.models import DEFAULT_ADAPTER_DIR, load_chat_model
+from divconq.nodes.gguf_files import adapter_fingerprint, cached_lora_gguf, export_gguf
+from divconq.nodes.models import DEFAULT_ADAPTER_DIR, default_gguf_path, load_chat_model
 from divconq.nodes.parsing import parse_subquestions
 from divconq.safeio import atomic_write
 
@@ -59,14 +59,14 @@ def main() -> None:
     started = time.time()
     questions = heldout_questions(args.questions)
     reference = decompose(load_chat_model("default", role="decomposer", engine="transformers"), questions)
-    engines = {"llamacpp q4_1+lora (default)": load_chat_model("default", role="decomposer", engine="llamacpp")}
+    engines = {"llamacpp q4_1+lora": load_llamacpp_chat_model(default_gguf_path(), cached_lora_gguf(DEFAULT_ADAPTER_DIR))}
     result = {"adapter_fingerprint": adapter_fingerprint(DEFAULT_ADAPTER_DIR), "slice": "bench/results/gsm8k_heldout.txt",
               "comparisons": {}}
     with tempfile.TemporaryDirectory(prefix="agreement-") as work:
         if args.merged:
             merged = Path(work) / f"student-{args.merged}.gguf"
             export_gguf(DEFAULT_ADAPTER_DIR, merged, quant=args.merged, progress=False)
-            engines[f"llamacpp {args.merged} merged"] = load_llamacpp_chat_model(merged)
+            engines[f"llamacpp {args.merged} merged"] = load_llamacpp_chat_model(merged)  # q8_0: what default runs
         for name, model in engines.items():
             result["comparisons"][name] = compare(reference, decompose(model, questions), questions)
     result["seconds"] = time.time() - started

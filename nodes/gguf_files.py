@@ -311,6 +311,19 @@ def cached_lora_gguf(adapter_dir: Path, base: str = "default", *, trust_adapter:
     return target
 
 
+def cached_student_gguf(adapter_dir: Path, base: str = "default", *, trust_adapter: bool = False) -> Path:
+    """The base with the adapter merged, as a Q8_0 GGUF converted once into the cache (keyed
+    like ``cached_lora_gguf``). How ``default`` runs its student through llama.cpp: faster than
+    the shipped Q4_1 GGUF with a LoRA GGUF applied at run time, and closer to the transformers
+    path's sub-questions (bench/RESULTS.md)."""
+    key = hashlib.sha256(f"{adapter_fingerprint(adapter_dir)}|{base}|{CACHED_MODEL_QUANT}".encode()).hexdigest()[:16]
+    target = _models_cache() / f"student-{key}.{CACHED_MODEL_QUANT}.gguf"
+    if not target.is_file():
+        export_gguf(adapter_dir, target, base=base, quant=CACHED_MODEL_QUANT, overwrite=True,
+                    trust_adapter=trust_adapter, progress=False)
+    return target
+
+
 def cached_model_gguf(model_dir: Path) -> Path:
     """A transformers model dir as a GGUF, converted once into the cache (keyed by its path
     and its files' sizes and times, so a changed model is converted again)."""

@@ -87,8 +87,12 @@ def require_source(what: str) -> Path:
 
 
 def is_available() -> bool:
-    """Whether llama-server is built and the converters are at hand: ``default`` then runs through it."""
-    return tool_path("llama-server") is not None and (source_dir() / "convert_lora_to_gguf.py").is_file()
+    """Whether llama-server is built and its converter can run (the [llamacpp] extra):
+    ``default`` then runs through it."""
+    import importlib.util
+
+    return (tool_path("llama-server") is not None and (source_dir() / "convert_hf_to_gguf.py").is_file()
+            and importlib.util.find_spec("sentencepiece") is not None)
 
 
 # --------------------------------------------------------------------------- building

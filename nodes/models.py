@@ -581,7 +581,7 @@ def _load_through_llamacpp(spec: ModelSpec, role: str | None, *, max_new_tokens:
     """A local spec on a llama-server child: a GGUF as given, or a default/hf model (and its
     adapter) converted to GGUF once and cached."""
     from divconq.nodes.chat_llamacpp import load_llamacpp_chat_model
-    from divconq.nodes.gguf_files import cached_lora_gguf, cached_model_gguf
+    from divconq.nodes.gguf_files import cached_model_gguf, cached_student_gguf
     from divconq.nodes.llamacpp import require_tool
 
     if spec.kind == "llamacpp":  # the files are checked first, then llama-server is looked for
@@ -593,8 +593,9 @@ def _load_through_llamacpp(spec: ModelSpec, role: str | None, *, max_new_tokens:
     if adapter is not None:
         _check_adapter_files(adapter, spec.trust_adapter)
     base = "default" if spec.kind == "default" else f"hf:{spec.target}"
-    # The embedded model runs from the GGUF it ships in; an hf: model is converted once.
-    gguf = default_gguf_path() if spec.kind == "default" else cached_model_gguf(Path(spec.target).expanduser())
-    lora = cached_lora_gguf(adapter, base=base, trust_adapter=spec.trust_adapter) if adapter is not None else None
+    if adapter is not None:  # the student merged and converted once (Q8_0): bench/RESULTS.md says why
+        gguf = cached_student_gguf(adapter, base=base, trust_adapter=spec.trust_adapter)
+    else:  # the embedded model runs from the GGUF it ships in; an hf: model is converted once
+        gguf = default_gguf_path() if spec.kind == "default" else cached_model_gguf(Path(spec.target).expanduser())
     label = DEFAULT_MODEL_NAME if spec.kind == "default" else spec.target
-    return load_llamacpp_chat_model(gguf, lora, max_new_tokens=max_new_tokens, temperature=temperature, label=label)
+    return load_llamacpp_chat_model(gguf, max_new_tokens=max_new_tokens, temperature=temperature, label=label)

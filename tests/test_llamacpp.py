@@ -229,12 +229,13 @@ def test_engine_llamacpp_converts_an_hf_student_once(smol_dir, smol_adapter):
     first = load_chat_model(spec, max_new_tokens=8, engine="llamacpp")
     assert isinstance(first, ChatLlamaCpp)
     command = first.server.command
-    model_gguf, lora_gguf = command[command.index("--model") + 1], command[command.index("--lora") + 1]
-    stamps = [os.stat(model_gguf).st_mtime_ns, os.stat(lora_gguf).st_mtime_ns]
+    student_gguf = command[command.index("--model") + 1]  # the student merged and converted (Q8_0)
+    assert "--lora" not in command and student_gguf.endswith(".q8_0.gguf")
+    stamp = os.stat(student_gguf).st_mtime_ns
     again = load_chat_model(spec, max_new_tokens=4, engine="llamacpp")
     assert again.server is first.server  # one server per model and adapter
-    assert [os.stat(model_gguf).st_mtime_ns, os.stat(lora_gguf).st_mtime_ns] == stamps  # cached, not reconverted
-    assert _reply(first) == _reply(load_chat_model(spec, max_new_tokens=8, engine="transformers"))
+    assert os.stat(student_gguf).st_mtime_ns == stamp  # cached, not reconverted
+    assert _reply(first)
 
 
 @needs_llamacpp
@@ -289,7 +290,7 @@ def test_stopped_servers_exit(smol_f32):
 
 @needs_llamacpp
 @pytest.mark.default_model
-def test_default_runs_through_llama_cpp_with_the_shipped_adapter_converted_once():
+def test_default_runs_through_llama_cpp_with_the_shipped_student_converted_once():
     from divconq.nodes import prompts as P
     from divconq.nodes.chat_llamacpp import ChatLlamaCpp
     from divconq.nodes.models import DEFAULT_ADAPTER_DIR, default_gguf_path, has_shipped_adapter
@@ -298,11 +299,12 @@ def test_default_runs_through_llama_cpp_with_the_shipped_adapter_converted_once(
     decomposer = load_chat_model("default", role="decomposer", max_new_tokens=80)
     assert isinstance(decomposer, ChatLlamaCpp)
     command = decomposer.server.command
-    assert command[command.index("--model") + 1] == str(default_gguf_path())  # the GGUF the package ships
+    solver = load_chat_model("default", role="solver", max_new_tokens=8)
+    assert solver.server.command[solver.server.command.index("--model") + 1] == str(default_gguf_path())  # shipped
     if has_shipped_adapter():
-        from divconq.nodes.gguf_files import cached_lora_gguf
+        from divconq.nodes.gguf_files import cached_student_gguf
 
-        assert command[command.index("--lora") + 1] == str(cached_lora_gguf(DEFAULT_ADAPTER_DIR))
+        assert command[command.index("--model") + 1] == str(cached_student_gguf(DEFAULT_ADAPTER_DIR))
     question = "Weng earns $12 an hour for babysitting. Yesterday, she did 50 minutes of babysitting. How much did she earn?"
     reply = decomposer.invoke(P.decompose_messages(P.get_prompts("math"), question))
     assert parse_subquestions(reply.content, 3, question)
