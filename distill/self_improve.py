@@ -466,7 +466,8 @@ def _sample(plan: _Plan, number: int, paths: _Round, student: str, prompts: Any,
     if not todo:
         return done
     config = plan.config
-    chat = load_chat_model(student, role="decomposer", max_new_tokens=config.max_new_tokens)
+    # Sampling draws from the transformers pipeline itself (seeded torch generation), so never llama.cpp here.
+    chat = load_chat_model(student, role="decomposer", max_new_tokens=config.max_new_tokens, engine="transformers")
     logger.info("round %d: sampling %d decompositions of each of %d questions (%d done before)",
                 number, config.draws_per_question, len(todo), len(done))
     for example in tqdm(todo, desc=f"round {number} sample", unit="q", disable=not plan.progress):

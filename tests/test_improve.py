@@ -136,7 +136,7 @@ def test_sampling_keeps_k_distinct_usable_decompositions_and_counts_every_draw(s
 
 @pytest.mark.default_model
 def test_the_embedded_student_samples_distinct_real_decompositions():
-    student = load_chat_model("default", role="decomposer", max_new_tokens=64)
+    student = load_chat_model("default", role="decomposer", max_new_tokens=64, engine="transformers")
     text = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
             "How many clips did Natalia sell altogether in April and May?")
     messages = decompose_messages(get_prompts("math"), text, None, 3)
