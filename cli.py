@@ -237,10 +237,18 @@ def _training_ids(path: str | None) -> set[str]:
     return {line.strip() for line in text.splitlines() if line.strip()}
 
 
+def _engines(args: argparse.Namespace) -> dict[str, str]:
+    """The engine each local model of the run is on, so a results file says how its rows were decoded."""
+    from divconq.nodes.models import engine_of
+
+    engines = {f"{role}_engine": engine_of(getattr(args, role), args.engine) for role in ROLES}
+    return {key: value for key, value in engines.items() if value is not None}
+
+
 @command("eval")
 def cmd_eval(args: argparse.Namespace) -> int:
     from divconq.distill.datasets import load_dataset
-    from divconq.distill.evaluate import evaluate, format_summary, load_pricing, summarise
+    from divconq.distill.evaluate import check_same_run, evaluate, format_summary, load_pricing, read_results, summarise
     from divconq.distill.runner import RunSettings
     from divconq.distill.slices import check_disjoint, read_slice, select
     from divconq.safeio import WriterLock, check_writable_target
@@ -250,7 +258,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     excluded = _training_ids(args.exclude_ids)
     prompts = prompts_for_cli(args)  # checked before any model loads
     run_info = {"dataset": args.dataset, "decomposer": args.decomposer, "solver": args.solver, "mode": args.mode,
-                "prompts": prompts.name, "prompt_version": prompts.version}
+                "prompts": prompts.name, "prompt_version": prompts.version, **_engines(args)}
     every = load_dataset(args.dataset, args.data)
     if args.slice:
         # A fixed slice: the same questions for every row, so rows compare question by question.
@@ -275,6 +283,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # A second eval on this results file is refused now, before any model is loaded.
     lock = WriterLock(check_writable_target(args.out, "--out"), "results file")
     with lock, log_lines("divconq.distill.evaluate"):
+        # A results file of another run is refused here too, before any model loads.
+        check_same_run(read_results(args.out), run_info, Path(args.out))
         # Worker processes each build their own graph (a compiled graph cannot cross a process).
         graph = functools.partial(graph_for_cli, args) if args.processes > 1 else graph_for_cli(args)
         rows = evaluate(graph, examples, dataset=args.dataset, out=args.out, run_info=run_info, settings=settings,

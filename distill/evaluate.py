@@ -189,7 +189,9 @@ def _keep_prefix(path: Path, size: int) -> None:
 
 # What makes two runs' rows belong in one results file: the same questions, scored the
 # same way, with the same prompts. Model specs may differ (a server on another port).
-RUN_IDENTITY = ("dataset", "slice", "prompts", "prompt_version", "mode")
+RUN_IDENTITY = ("dataset", "slice", "prompts", "prompt_version", "mode", "decomposer_engine", "solver_engine")
+# Recorded since llama.cpp became an engine: a file written before says nothing of them.
+_RECORDED_LATER = ("decomposer_engine", "solver_engine")
 
 
 def check_same_run(rows: list[dict[str, Any]], run_info: dict[str, Any], out: Path) -> None:
@@ -198,6 +200,8 @@ def check_same_run(rows: list[dict[str, Any]], run_info: dict[str, Any], out: Pa
         return
     first = rows[0]
     for key in RUN_IDENTITY:
+        if key in _RECORDED_LATER and key not in first:
+            continue
         if key in run_info and first.get(key) != scrub_value(run_info[key]):  # rows are written scrubbed
             was = first.get(key, "not recorded")
             raise DivconqError(

@@ -577,6 +577,14 @@ def resolve_engine(spec: ModelSpec, engine: Engine = "auto") -> Literal["transfo
     return engine
 
 
+def engine_of(spec: str, engine: Engine = "auto") -> Literal["transformers", "llamacpp"] | None:
+    """The engine a spec's model runs on, for the record: None for API models and gold decompositions."""
+    if not isinstance(spec, str) or spec.startswith("gold:"):
+        return None
+    parsed = parse_spec(spec)
+    return None if parsed.kind == "chat" else resolve_engine(parsed, engine)
+
+
 def _load_through_llamacpp(spec: ModelSpec, role: str | None, *, max_new_tokens: int, temperature: float) -> BaseChatModel:
     """A local spec on a llama-server child: a GGUF as given, or a default/hf model (and its
     adapter) converted to GGUF once and cached."""

@@ -188,9 +188,11 @@ def test_eval_on_a_slice_records_it_and_refuses_another_slice_or_prompt_set(tiny
     assert sorted(r["id"] for r in rows) == sorted([ids[2], ids[0]])
     assert {r["slice"] for r in rows} == {Slice("first", (ids[2], ids[0])).key}
     assert {(r["prompts"], r["prompt_version"]) for r in rows} == {("divconq", get_prompts().version)}
+    assert {(r["decomposer_engine"], r["solver_engine"]) for r in rows} == {("transformers", "transformers")}
     capsys.readouterr()
     before = out.read_text()
-    for extra in (["--slice", str(second)], ["--slice", str(first), "--prompts", "paper"]):
+    for extra in (["--slice", str(second)], ["--slice", str(first), "--prompts", "paper"],
+                  ["--slice", str(first), "--engine", "llamacpp"]):  # refused before llama.cpp is even looked for
         assert main(_eval_args(tiny_model_dir, data, out, *extra, "--exclude-ids", str(none))) == 2
         assert "pass another --out file" in capsys.readouterr().err
     assert out.read_text() == before  # nothing finished is lost or changed

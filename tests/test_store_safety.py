@@ -107,8 +107,8 @@ def _one_langsmith_run() -> str:
     return "\n".join(_langsmith_lines(collector.traced_runs[0])) + "\n"
 
 
-EVAL_SLOWLY = textwrap.dedent("""
-    import sys, time
+EVAL_HOLDING = textwrap.dedent("""
+    import os, sys, time
     sys.path.insert(0, sys.argv[2])
     from fakes import ScriptedChatModel
     from langgraph.types import RetryPolicy
@@ -117,24 +117,33 @@ EVAL_SLOWLY = textwrap.dedent("""
     from divconq.distill.runner import RunSettings
     from divconq.graph import build_graph
 
-    def slow(messages):
-        time.sleep(0.2)
+    def held(messages):
+        # The first answer waits, inside evaluate (its lock held), until the test releases it:
+        # so the second eval meets a writer however slowly either process starts.
+        if not os.path.exists(sys.argv[3] + ".started"):
+            open(sys.argv[3] + ".started", "w").close()
+            print("started", flush=True)
+            deadline = time.monotonic() + 300
+            while not os.path.exists(sys.argv[3]) and time.monotonic() < deadline:
+                time.sleep(0.05)
         return "The answer is: 4"
-    model = ScriptedChatModel(respond=slow)
+    model = ScriptedChatModel(respond=held)
     graph = build_graph(model, model, mode="single", retry=RetryPolicy(max_attempts=1)).compile()
     examples = [Example(f"q{i}", f"What is {i}?", None, ("4",)) for i in range(30)]
-    print("started", flush=True)
     evaluate(graph, examples, dataset="jsonl", out=sys.argv[1], run_info={"dataset": "jsonl"},
              settings=RunSettings(concurrency=1, progress=False))
 """)
 
 
 def test_a_second_eval_on_a_results_file_is_refused_and_nothing_is_duplicated(tmp_path):
-    out = tmp_path / "results.jsonl"
-    first = subprocess.Popen([sys.executable, "-c", EVAL_SLOWLY, str(out), os.path.dirname(__file__)],
+    out, release = tmp_path / "results.jsonl", tmp_path / "release"
+    first = subprocess.Popen([sys.executable, "-c", EVAL_HOLDING, str(out), os.path.dirname(__file__), str(release)],
                              stdout=subprocess.PIPE, text=True)
-    assert first.stdout.readline().strip() == "started"
-    second = _cli("eval", "--dataset", "jsonl", "--data", str(_questions(tmp_path, 30)), "--out", str(out))
+    try:
+        assert first.stdout.readline().strip() == "started"
+        second = _cli("eval", "--dataset", "jsonl", "--data", str(_questions(tmp_path, 30)), "--out", str(out))
+    finally:
+        release.touch()
     _one_error_line(second, f"results file {out} is being written by process {first.pid}")
     assert first.wait(timeout=120) == 0
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
