@@ -9,7 +9,7 @@ and screened on gold (S_D-R) by ``build_sft``. Progress goes to this module's lo
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +50,8 @@ def collect(
     dataset: str,
     metric: Metric | None = None,
     settings: RunSettings | None = None,
+    metadata: Callable[[Example], Mapping[str, Any]] | None = None,
+    description: str | None = None,
 ) -> CollectResult:
     """Run ``graph`` on each example not yet in ``store``, recording every run.
 
@@ -64,6 +66,10 @@ def collect(
             default the dataset's metric (``metric_for``) when divconq scores that dataset,
             else ``exact_match``.
         settings: concurrency, retries and the progress bar (``RunSettings()``).
+        metadata: extra run metadata per example (``example -> {key: value}``), stored with
+            each run beside the gold answers, id and dataset, which it may not rename
+            (for example the round of a self-improvement loop and the sample a run is for).
+        description: the progress bar's label (``collect <dataset>``).
 
     Returns:
         the counts; raises ``DivconqError`` when every example run failed (the store keeps
@@ -77,14 +83,41 @@ def collect(
     if metric is None:
         metric = metric_for(dataset) if dataset.strip().lower() in SCORED_DATASETS else exact_match
     metric = metric_or_scorer(metric, None, "collect")
+    extra = _extra_metadata(examples, metadata)
     with ExitStack() as stack:
         if not isinstance(store, TraceStore):
             store = stack.enter_context(TraceStore(store))
-        return _collect_into(store, graph, examples, dataset, metric, settings or RunSettings())
+        return _collect_into(store, graph, examples, dataset, metric, settings or RunSettings(), extra,
+                             description or f"collect {dataset}")
+
+
+# The metadata collect itself gives every run: what resuming and screening on gold read back.
+RUN_KEYS = ("gold", "example_id", "dataset")
+
+
+def _extra_metadata(examples: list[Example], metadata: Callable[[Example], Mapping[str, Any]] | None
+                    ) -> dict[str, dict[str, Any]]:
+    """Each example's extra run metadata, checked before any run: a mapping that renames none of ``RUN_KEYS``."""
+    if metadata is None:
+        return {}
+    if not callable(metadata):
+        raise DivconqError(f"collect's metadata must be a function of the example (example -> dict), got {metadata!r}")
+    extra = {}
+    for example in examples:
+        given = metadata(example)
+        if not isinstance(given, Mapping):
+            raise DivconqError(f"collect's metadata function returned {type(given).__name__} for example "
+                               f"{example.id!r}: return a dict of run metadata")
+        clash = sorted(set(given) & set(RUN_KEYS))
+        if clash:
+            raise DivconqError(f"collect's metadata for example {example.id!r} sets {', '.join(clash)}, which collect "
+                               f"sets itself ({', '.join(RUN_KEYS)}): use other keys")
+        extra[example.id] = dict(given)
+    return extra
 
 
 def _collect_into(store: TraceStore, graph: Any, examples: list[Example], dataset: str, metric: Metric,
-                  settings: RunSettings) -> CollectResult:
+                  settings: RunSettings, extra: dict[str, dict[str, Any]], description: str) -> CollectResult:
     done = store.done_example_ids(dataset)
     todo = [e for e in examples if scrub_text(e.id) not in done]  # ids are stored scrubbed
     logger.info("%d questions, %d already in %s, %d to run", len(examples), len(examples) - len(todo), store.path,
@@ -92,11 +125,12 @@ def _collect_into(store: TraceStore, graph: Any, examples: list[Example], datase
     recorder = TraceRecorder(store, metric=metric)
 
     def config_for(example: Example) -> RunnableConfig:
-        metadata = {"gold": list(example.answers), "example_id": example.id, "dataset": dataset}
+        metadata = {**extra.get(example.id, {}), "gold": list(example.answers), "example_id": example.id,
+                    "dataset": dataset}
         return {"callbacks": [recorder], "metadata": metadata}
 
     stats = run_examples(graph, todo, lambda outcome: None, config_for=config_for, total=len(todo),
-                         settings=settings, description=f"collect {dataset}")
+                         settings=settings, description=description)
     logger.info("collected %d runs (%d failed) into %s", stats.finished, stats.failed, store.path)
     if todo and not stats.finished:
         raise DivconqError(f"all {len(todo)} questions failed (first: {stats.errors[0]}): fix the cause (the model "

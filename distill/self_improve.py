@@ -67,7 +67,7 @@ from divconq.distill.sft import SUMMARY_FILE, append_sft_files, build_sft, read_
 from divconq.distill.stats import paired_bootstrap, paired_rows
 from divconq.errors import DivconqError
 from divconq.safeio import WriterLock, atomic_dir, atomic_write, os_error_line
-from divconq.scrub import scrub_text, scrub_value
+from divconq.scrub import scrub_value
 
 __all__ = ["HeldOut", "ImproveConfig", "ImproveResult", "NoSignalError", "format_rounds", "improve", "label"]
 
@@ -489,41 +489,32 @@ def _sample_examples(examples: list[Example], draws: dict[str, Draws]) -> list[t
 
 def _screen(plan: _Plan, number: int, paths: _Round, student: str, prompts: Any, examples: list[Example],
             draws: dict[str, Draws]) -> None:
-    """The screening solver answers each question with each sample, through the graph, into the store."""
+    """The screening solver answers each question with each sample, through the graph, into the store (``collect``)."""
+    from divconq.distill.collection import collect
     from divconq.distill.metrics import matches_gold
-    from divconq.distill.runner import RunSettings, run_examples
-    from divconq.distill.recorder import TraceRecorder
-    from divconq.distill.traces import TraceStore
+    from divconq.distill.runner import RunSettings
     from divconq.graph import build_graph
     from divconq.nodes import load_chat_model
 
     pairs = _sample_examples(examples, draws)
-    with TraceStore(paths.store) as store:
-        done = store.done_example_ids(plan.dataset)
-        todo = [example for example, _ in pairs if scrub_text(example.id) not in done]  # ids are stored scrubbed
-        if not todo:
-            return
-        logger.info("round %d: screening %d samples with %s (%d done before)", number, len(todo),
-                    label(plan.screen_solver), len(pairs) - len(todo))
-        samples = {example.id: (draws[example.id.rsplit("#", 1)[0]].prompt_digest, sample) for example, sample in pairs}
-        decomposer = SampledDecomposer(samples=samples, model_name=student)
+    samples = {example.id: (draws[example.id.rsplit("#", 1)[0]].prompt_digest, sample) for example, sample in pairs}
+
+    def graph() -> Any:  # built only when some sample is still to be screened: the solver loads then
+        logger.info("round %d: screening with %s", number, label(plan.screen_solver))
         solver = load_chat_model(plan.screen_solver, role="solver", max_new_tokens=plan.config.max_new_tokens,
                                  timeout=plan.timeout)
-        graph = build_graph(decomposer, solver, prompts=prompts, max_subquestions=plan.config.max_subquestions,
-                            timeout=plan.timeout).compile()
-        recorder = TraceRecorder(store, metric=functools.partial(matches_gold, plan.dataset))
+        decomposer = SampledDecomposer(samples=samples, model_name=student)
+        return build_graph(decomposer, solver, prompts=prompts, max_subquestions=plan.config.max_subquestions,
+                           timeout=plan.timeout).compile()
 
-        def config_for(example: Example) -> dict[str, Any]:
-            metadata = {"gold": list(example.answers), "example_id": example.id, "dataset": plan.dataset,
-                        SAMPLE_KEY: example.id, "improve_round": number}
-            return {"callbacks": [recorder], "metadata": metadata}
-
-        stats = run_examples(graph, todo, lambda outcome: None, config_for=config_for, total=len(todo),
-                             settings=RunSettings(concurrency=plan.config.concurrency, progress=plan.progress),
-                             description=f"round {number} screen")
-    if not stats.finished:
-        raise DivconqError(f"round {number}: all {len(todo)} screening runs failed (first: {stats.errors[0]}): fix "
-                           f"the cause (the solver spec, the server) and rerun; {paths.store} keeps what was run")
+    try:
+        collect(graph, [example for example, _ in pairs], paths.store, dataset=plan.dataset,
+                metric=functools.partial(matches_gold, plan.dataset),
+                settings=RunSettings(concurrency=plan.config.concurrency, progress=plan.progress),
+                metadata=lambda example: {SAMPLE_KEY: example.id, "improve_round": number},
+                description=f"round {number} screen")
+    except DivconqError as exc:
+        raise DivconqError(f"round {number}: screening: {exc}") from None
 
 
 def _screening_stats(plan: _Plan, paths: _Round, examples: list[Example], draws: dict[str, Draws]) -> dict[str, Any]:

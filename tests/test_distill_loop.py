@@ -201,3 +201,20 @@ def test_the_api_is_exported_from_divconq_distill_and_loads_lazily():
         collection.collect, sft.build_sft, train.finetune)
     probe = "import sys, divconq.distill; print(sorted(m for m in ('trl', 'langgraph') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_collect_stores_extra_run_metadata_and_refuses_renaming_its_own_keys(examples, tmp_path):
+    graph = teacher_graph(examples)
+    store = tmp_path / "traces.db"
+    collect(graph, examples[:2], store, dataset="gsm8k", metadata=lambda e: {"round": 3, "sample": e.id + "#0"})
+    with TraceStore(store, readonly=True) as opened:
+        stored = {run.example_id: (run.metadata.get("round"), run.metadata.get("sample"), run.dataset)
+                  for run in opened.runs()}
+    assert stored == {
+        e.id: (3, e.id + "#0", "gsm8k") for e in examples[:2]}  # beside collect's own, which it keeps
+    for bad, match in [(lambda e: {"dataset": "other"}, "sets dataset, which collect sets itself"),
+                       (lambda e: ["round", 3], "returned list for example"),
+                       ({"round": 3}, "metadata must be a function of the example")]:
+        with pytest.raises(DivconqError, match=match):
+            collect(graph, examples[2:4], tmp_path / "bad.db", dataset="gsm8k", metadata=bad)
+    assert not (tmp_path / "bad.db").exists()
