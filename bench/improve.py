@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from paper_cpu import DATA, RESULTS, SLICE, Setup, row_summary
+from paper_cpu import DATA, RESULTS, ROOT, SLICE, Setup, row_summary
 from teacher import llama_server, native_server, teacher_gguf
 
 from divconq.distill.evaluate import read_results
@@ -127,7 +127,7 @@ def _reference(rounds: list[dict]) -> dict | None:
     """The teacher-static row on the questions the last round ran, and the last round against it."""
     last = rounds[-1]
     static = read_results(STATIC_RESULTS)
-    mine = read_results(Path(last["results_file"])) if last.get("results_file") else []
+    mine = read_results(ROOT / last["results_file"]) if last.get("results_file") else []
     if not static or not mine:
         return None
     summary = row_summary("static", static, None, Setup(teacher="openai:teacher"))
@@ -256,13 +256,15 @@ def write_report(work: Path, results: Path) -> str:
     if not source.is_file():
         return f"no rounds yet: {source} does not exist"
     summary = json.loads(source.read_text())
-    for r in summary["rounds"]:  # where each round's per-question results are, for the reference pairing
-        r["results_file"] = str(work / "improve" / f"round_{r['round']}" / "heldout.jsonl")
+    out = results / "improve"
+    for r in summary["rounds"]:  # each round's per-question results, committed beside the report
+        committed = out / f"round_{r['round']}.jsonl"
+        atomic_write(committed, (work / "improve" / f"round_{r['round']}" / "heldout.jsonl").read_text())
+        r["results_file"] = str(committed.relative_to(ROOT)) if committed.is_relative_to(ROOT) else str(committed)
     reference = _reference(summary["rounds"])
     table = _markdown(summary, reference)
     record = {"rounds": summary["rounds"], "settings": summary["settings"], "stopped": summary.get("stopped"),
               "stopped_round": summary.get("stopped_round"), "teacher_static": reference}
-    out = results / "improve"
     atomic_write(out.with_suffix(".md"), table + "\n")
     atomic_write(out.with_suffix(".json"), json.dumps(record, indent=2, default=str) + "\n")
     _plot(summary, reference, out.with_suffix(".png"))

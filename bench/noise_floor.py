@@ -1,0 +1,78 @@
+"""Run-to-run noise of one configuration: two results files of the same row, compared question by question.
+
+Issue 11 asks for the noise floor once. Round 0 of ``bench/improve.py --start shipped``
+scores the shipped adapter on the slice's first 100 questions with the teacher as solver,
+which is exactly the ``recipe_student`` row of ``bench/paper_cpu.py`` (same adapter file,
+slice, prompts and settings), run again later. Whatever differs between the two runs is the
+solver server's nondeterminism: llama-server batches the requests in flight, so its
+arithmetic is not bit-identical from one run to the next.
+
+    python bench/noise_floor.py [--first FILE] [--second FILE] [--out FILE] [--json]
+
+Writes bench/results/noise_floor.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from paper_cpu import RESULTS, ROOT
+
+from divconq.distill.evaluate import read_results
+from divconq.distill.stats import paired_bootstrap, paired_rows
+from divconq.safeio import atomic_write
+
+FIRST = RESULTS / "paper_cpu" / "recipe_student.jsonl"
+SECOND = RESULTS / "improve" / "round_0.jsonl"
+OUT = RESULTS / "noise_floor.json"
+# What must match for the two files to be runs of one configuration.
+SAME = ("dataset", "slice", "solver", "mode", "prompts", "prompt_version")
+
+
+def compare(first: Path, second: Path) -> dict:
+    a, b = read_results(first), read_results(second)
+    if not a or not b:
+        raise SystemExit(f"noise_floor: {first if not a else second} holds no results: run its row first")
+    for key in SAME:
+        if a[0].get(key) != b[0].get(key):
+            raise SystemExit(f"noise_floor: the files differ in {key} ({a[0].get(key)!r} vs {b[0].get(key)!r}): "
+                             "pass two runs of one configuration")
+    by_id = {row["id"]: row for row in b}
+    pairs = [(row, by_id[row["id"]]) for row in a if row["id"] in by_id]
+    run, base = paired_rows(b, a)
+    return {
+        "first": str(first.relative_to(ROOT)) if first.is_relative_to(ROOT) else str(first),
+        "second": str(second.relative_to(ROOT)) if second.is_relative_to(ROOT) else str(second),
+        "n": len(pairs),
+        "em_first": 100 * sum(x["score"] for x, _ in pairs) / len(pairs),
+        "em_second": 100 * sum(y["score"] for _, y in pairs) / len(pairs),
+        "same_subquestions": sum(x["subquestions"] == y["subquestions"] for x, y in pairs),
+        "different_predictions": sum(x["prediction"] != y["prediction"] for x, y in pairs),
+        "score_flips": sum(x["score"] != y["score"] for x, y in pairs),
+        "second_minus_first": paired_bootstrap(run, base).to_dict(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--first", type=Path, default=FIRST)
+    parser.add_argument("--second", type=Path, default=SECOND)
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--json", action="store_true", help="print the JSON record instead of the summary")
+    args = parser.parse_args()
+    record = compare(args.first, args.second)
+    atomic_write(args.out, json.dumps(record, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return
+    d = record["second_minus_first"]
+    print(f"{record['n']} questions: EM {record['em_first']:.1f} then {record['em_second']:.1f}, "
+          f"{d['difference']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]; same sub-questions on "
+          f"{record['same_subquestions']}, predictions differ on {record['different_predictions']}, "
+          f"{record['score_flips']} scores flip")
+
+
+if __name__ == "__main__":
+    main()
