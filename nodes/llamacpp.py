@@ -21,6 +21,7 @@ import atexit
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -190,6 +191,7 @@ class ManagedServer:
                     self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
                                                     stdin=subprocess.DEVNULL)
                 _STARTED.add(self)
+                _stop_on_sigterm()
                 self._wait_ready()
         return self.url
 
@@ -236,6 +238,26 @@ def _stop_all() -> None:
 
 
 atexit.register(_stop_all)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM ends Python without running atexit, so a started server would outlive its
+    process. Where nothing else handles SIGTERM (and from the main thread, the only one that
+    may set a handler), the servers are stopped first, then the process dies of the signal as
+    it would have. A forked child inherits the handler but not the servers: it only dies."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return  # the program's own handler (or ours, already) stays
+    owner = os.getpid()
+
+    def stop_then_die(signum: int, frame: Any) -> None:
+        if os.getpid() == owner:
+            _stop_all()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, stop_then_die)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ reason, and ``.ci/run`` sets DIVCONQ_REQUIRE_LLAMACPP=1 so that CI fails instead
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -286,6 +287,38 @@ def test_stopped_servers_exit(smol_f32):
     assert process.poll() is None
     stop_servers()
     assert process.wait(timeout=30) is not None
+
+
+SERVE_UNTIL_KILLED = """
+import sys, time
+from divconq.nodes import load_chat_model
+model = load_chat_model(sys.argv[1], max_new_tokens=4)
+print(model.server.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@needs_llamacpp
+def test_a_process_killed_by_sigterm_stops_its_server_first(smol_f32):
+    import signal
+    import subprocess
+    import sys
+
+    owner = subprocess.Popen([sys.executable, "-c", SERVE_UNTIL_KILLED, smol_f32.spec], stdout=subprocess.PIPE,
+                             text=True)
+    server_pid = None
+    try:
+        server_pid = int(owner.stdout.readline())
+        os.kill(server_pid, 0)  # running
+        owner.send_signal(signal.SIGTERM)
+        assert owner.wait(timeout=60) == -signal.SIGTERM  # it still dies of the signal
+        with pytest.raises(ProcessLookupError):  # and its server is gone, not orphaned
+            os.kill(server_pid, 0)
+    finally:
+        owner.kill()
+        if server_pid is not None:
+            with contextlib.suppress(ProcessLookupError):  # an orphan, when the test fails
+                os.kill(server_pid, signal.SIGKILL)
 
 
 @needs_llamacpp
