@@ -248,7 +248,7 @@ def _engines(args: argparse.Namespace) -> dict[str, str]:
 @command("eval")
 def cmd_eval(args: argparse.Namespace) -> int:
     from divconq.distill.datasets import load_dataset
-    from divconq.distill.evaluate import check_same_run, evaluate, format_summary, load_pricing, read_results, summarise
+    from divconq.distill.evaluate import evaluate, format_summary, load_pricing, summarise
     from divconq.distill.runner import RunSettings
     from divconq.distill.slices import check_disjoint, read_slice, select
     from divconq.safeio import WriterLock, check_writable_target
@@ -283,11 +283,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # A second eval on this results file is refused now, before any model is loaded.
     lock = WriterLock(check_writable_target(args.out, "--out"), "results file")
     with lock, log_lines("divconq.distill.evaluate"):
-        # A results file of another run is refused here too, before any model loads.
-        check_same_run(read_results(args.out), run_info, Path(args.out))
-        # Worker processes each build their own graph (a compiled graph cannot cross a process).
-        graph = functools.partial(graph_for_cli, args) if args.processes > 1 else graph_for_cli(args)
-        rows = evaluate(graph, examples, dataset=args.dataset, out=args.out, run_info=run_info, settings=settings,
+        # evaluate builds the graph once it has checked the results file against this run (each
+        # worker process builds its own: a compiled graph cannot cross a process).
+        rows = evaluate(functools.partial(graph_for_cli, args), examples, dataset=args.dataset, out=args.out, run_info=run_info, settings=settings,
                         exclude_ids=excluded)
     summary = summarise(rows, pricing)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))

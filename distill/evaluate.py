@@ -20,7 +20,7 @@ from divconq.contract import ROLES
 from divconq.distill.datasets import Example
 from divconq.distill.metrics import gsm8k_lenient
 from divconq.distill.metrics import score as score_prediction
-from divconq.distill.runner import Outcome, RunSettings, run_examples
+from divconq.distill.runner import Outcome, RunSettings, compiled_graph, run_examples
 from divconq.errors import DivconqError, OutputWriteError
 from divconq.safeio import WriterLock, atomic_path, atomic_write, check_writable_target, os_error_line
 from divconq.scrub import scrub_text, scrub_value
@@ -223,8 +223,10 @@ def evaluate(
     """Score ``graph`` on ``examples``, appending to ``out``; returns every row in the file.
 
     ``graph`` is a compiled graph, or a picklable function that builds one, which
-    ``settings.processes > 1`` needs (see ``run_examples``). Rows are written by this
-    process only, one whole line each, as questions finish.
+    ``settings.processes > 1`` needs (see ``run_examples``); one process builds it only
+    after ``out`` is checked against ``run_info``, so a file of another run is refused
+    before any model loads. Rows are written by this process only, one whole line each,
+    as questions finish.
     """
     out = check_writable_target(out, "results file")
     try:
@@ -235,6 +237,8 @@ def evaluate(
     with WriterLock(out, "results file"):  # a second eval on this file would duplicate its rows
         existing = read_results(out)
         check_same_run(existing, run_info, out)
+        if settings.processes == 1:  # a graph factory builds here: after the run is checked, before the file is touched
+            graph = compiled_graph(graph)
         done = {row["id"] for row in existing}
         excluded = set(exclude_ids)
         # Ids are stored scrubbed, so they are compared scrubbed.

@@ -142,7 +142,7 @@ class _Tally:
         )
 
 
-def _compiled(graph: Any) -> Any:
+def compiled_graph(graph: Any) -> Any:
     """A compiled graph, or what a graph factory builds."""
     if hasattr(graph, "invoke"):
         return graph
@@ -176,7 +176,7 @@ def run_examples(
         if settings.processes > 1:
             _run_in_processes(graph, iter(examples), config_for, settings, tally)
         else:
-            _run_in_threads(_compiled(graph), iter(examples), config_for, settings, tally)
+            _run_in_threads(compiled_graph(graph), iter(examples), config_for, settings, tally)
     finally:
         tally.bar.close()
     return tally.stats
@@ -253,7 +253,7 @@ def _worker(conn: Any, factory: Any, settings: RunSettings, threads: int) -> Non
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     try:
-        graph = _compiled(factory)
+        graph = compiled_graph(factory)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
