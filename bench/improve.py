@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from paper_cpu import DATA, RESULTS, ROOT, SLICE, Setup, row_summary
+from paper_cpu import DATA, RESULTS, ROOT, SLICE, Setup, repo_path, row_summary
 from teacher import llama_server, native_server, teacher_gguf
 
 from divconq.distill.evaluate import read_results
@@ -260,7 +260,7 @@ def write_report(work: Path, results: Path) -> str:
     for r in summary["rounds"]:  # each round's per-question results, committed beside the report
         committed = out / f"round_{r['round']}.jsonl"
         atomic_write(committed, (work / "improve" / f"round_{r['round']}" / "heldout.jsonl").read_text())
-        r["results_file"] = str(committed.relative_to(ROOT)) if committed.is_relative_to(ROOT) else str(committed)
+        r["results_file"] = repo_path(committed)
     reference = _reference(summary["rounds"])
     table = _markdown(summary, reference)
     record = {"rounds": summary["rounds"], "settings": summary["settings"], "stopped": summary.get("stopped"),

@@ -18,10 +18,10 @@ import argparse
 import json
 from pathlib import Path
 
-from paper_cpu import RESULTS, ROOT
+from paper_cpu import RESULTS, repo_path
 
 from divconq.distill.evaluate import read_results
-from divconq.distill.stats import paired_bootstrap, paired_rows
+from divconq.distill.stats import paired_bootstrap
 from divconq.safeio import atomic_write
 
 FIRST = RESULTS / "paper_cpu" / "recipe_student.jsonl"
@@ -41,17 +41,16 @@ def compare(first: Path, second: Path) -> dict:
                              "pass two runs of one configuration")
     by_id = {row["id"]: row for row in b}
     pairs = [(row, by_id[row["id"]]) for row in a if row["id"] in by_id]
-    run, base = paired_rows(b, a)
     return {
-        "first": str(first.relative_to(ROOT)) if first.is_relative_to(ROOT) else str(first),
-        "second": str(second.relative_to(ROOT)) if second.is_relative_to(ROOT) else str(second),
+        "first": repo_path(first),
+        "second": repo_path(second),
         "n": len(pairs),
         "em_first": 100 * sum(x["score"] for x, _ in pairs) / len(pairs),
         "em_second": 100 * sum(y["score"] for _, y in pairs) / len(pairs),
         "same_subquestions": sum(x["subquestions"] == y["subquestions"] for x, y in pairs),
         "different_predictions": sum(x["prediction"] != y["prediction"] for x, y in pairs),
         "score_flips": sum(x["score"] != y["score"] for x, y in pairs),
-        "second_minus_first": paired_bootstrap(run, base).to_dict(),
+        "second_minus_first": paired_bootstrap([y["score"] for _, y in pairs], [x["score"] for x, _ in pairs]).to_dict(),
     }
 
 

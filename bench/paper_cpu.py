@@ -38,6 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "gsm8k"
 RESULTS = Path(__file__).resolve().parent / "results"
 SLICE = RESULTS / "gsm8k_heldout.txt"
+
+
+def repo_path(path: Path) -> str:
+    """A path as results files record it: relative to the repository when inside it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 GOLD = f"gold:gsm8k:{DATA / 'test_socratic.jsonl'}"
 
 # name -> (decomposer, solver, mode, extra eval args, what the row is). {teacher},
