@@ -49,16 +49,21 @@ SLICE = ROOT / "bench" / "results" / "gsm8k_heldout.txt"
 DEFAULT_OUT = ROOT / "bench" / "results" / "decode.json"
 
 
+def _best_seconds(step, repeats: int) -> float:
+    """The fastest of ``repeats`` timed runs of ``step``: a busy machine only ever slows one down."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 def bandwidth_gb_s(size_mb: int = 512, repeats: int = 5) -> float:
     """Copy bandwidth: bytes read plus bytes written per second, best of ``repeats``."""
     src = torch.ones(size_mb * 2**20 // 4, dtype=torch.float32)
     dst = torch.empty_like(src)
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        dst.copy_(src)
-        best = min(best, time.perf_counter() - started)
-    return 2 * src.numel() * 4 / best / 1e9
+    return 2 * src.numel() * 4 / _best_seconds(lambda: dst.copy_(src), repeats) / 1e9
 
 
 def read_bandwidth_gb_s(size_mb: int = 512, repeats: int = 5) -> float:
@@ -66,12 +71,7 @@ def read_bandwidth_gb_s(size_mb: int = 512, repeats: int = 5) -> float:
     and writes almost nothing, so this, not half the copy rate, is what bounds it (a copy also
     pays for the writes, and for reading each destination line before writing it)."""
     src = torch.ones(size_mb * 2**20 // 4, dtype=torch.float32)
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        src.sum()
-        best = min(best, time.perf_counter() - started)
-    return src.numel() * 4 / best / 1e9
+    return src.numel() * 4 / _best_seconds(src.sum, repeats) / 1e9
 
 
 def chat_messages(question: str) -> list[dict[str, str]]:
