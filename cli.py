@@ -36,6 +36,7 @@ from divconq.contract import (
     SOLVE_STRATEGIES,
     SOLVER,
     TASKS,
+    TRAIN_FROM,
     VARIANTS,
 )
 from divconq.errors import DivconqError
@@ -423,7 +424,8 @@ def cmd_improve(args: argparse.Namespace) -> int:
     config = ImproveConfig(samples=args.samples, temperature=args.temperature, rounds=args.rounds,
                            questions=args.questions, draws=args.draws, task=args.task,
                            max_subquestions=args.max_subquestions, max_new_tokens=args.max_new_tokens,
-                           concurrency=args.concurrency, val_fraction=args.val_fraction, seed=args.seed)
+                           concurrency=args.concurrency, val_fraction=args.val_fraction, seed=args.seed,
+                           train_from=args.train_from)
     if args.eval_data is None and (args.eval_slice or args.eval_limit):
         raise DivconqError("--eval-slice and --eval-limit need --eval-data FILE, the held-out questions")
     heldout = HeldOut(args.eval_data, args.eval_slice, args.eval_limit) if args.eval_data else None
@@ -432,7 +434,8 @@ def cmd_improve(args: argparse.Namespace) -> int:
     for name in ("divconq.distill.self_improve", "divconq.distill.train"):  # progress lines on stderr
         logging.getLogger(name).setLevel(logging.INFO)
     result = improve(args.student, args.solver, dataset=args.dataset, data=args.data, out=args.out,
-                     screen_solver=args.screen_solver, heldout=heldout, prior_data=args.prior_data, config=config,
+                     screen_solver=args.screen_solver, heldout=heldout, prior_data=args.prior_data,
+                     screened_from=args.screened_from, config=config,
                      train_config=train_config, timeout=args.timeout, progress=not args.json)
     print(json.dumps(result.to_dict(), indent=2, default=str) if args.json else format_rounds(result.rounds))
     return 0
@@ -601,6 +604,11 @@ def _add_improve_parser(sub: Any) -> None:
     imp.add_argument("--eval-limit", type=positive_int, metavar="N", help="score the first N held-out questions")
     imp.add_argument("--prior-data", metavar="DIR", help="an SFT dir the student was trained on, trained on again "
                      "with the kept set (without it each round trains on the kept sets alone)")
+    imp.add_argument("--train-from", choices=TRAIN_FROM, default="base",
+                     help="each round trains a new adapter on the base, or the round's student on from its adapter "
+                     "(default: %(default)s)")
+    imp.add_argument("--screened-from", metavar="DIR", help="another run's --out, of the same student, solvers, data "
+                     "and sampling: start from its round 0 and round 1 screening, so only the training differs")
     imp.add_argument("--config", metavar="FILE", help="training settings as YAML or JSON (the keys of divconq train)")
     imp.add_argument("--concurrency", type=positive_int, default=2, metavar="K",
                      help="screening and evaluation questions in flight (default: %(default)s)")

@@ -55,6 +55,8 @@ Shots = Literal["auto", "zero", "one"]  # decomposer prompt: auto shows one exam
 Engine = Literal["auto", "transformers", "llamacpp"]
 # GGUF weight formats `divconq export` writes (q4_k_m through llama-quantize).
 Quant = Literal["f32", "f16", "q8_0", "q4_k_m"]
+# What each round of divconq improve trains: a new adapter on the base, or the round's student on.
+TrainFrom = Literal["base", "student"]
 
 MODES: tuple[Mode, ...] = get_args(Mode)
 ROUTES: tuple[Route, ...] = get_args(Route)
@@ -66,6 +68,7 @@ ANSWER_SOURCES: tuple[AnswerSource, ...] = get_args(AnswerSource)
 SHOTS: tuple[Shots, ...] = get_args(Shots)
 ENGINES: tuple[Engine, ...] = get_args(Engine)
 QUANTS: tuple[Quant, ...] = get_args(Quant)
+TRAIN_FROM: tuple[TrainFrom, ...] = get_args(TrainFrom)
 
 # Every step of a run is bounded by the caps (max_subquestions, max_rounds); this keeps the
 # worst case (2 steps per dynamic round plus three) under LangGraph's default recursion limit of 25.

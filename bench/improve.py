@@ -22,6 +22,11 @@ stage and round continues where it stopped.
         --temperature 0.8 --eval-questions 100 [--teacher-url http://127.0.0.1:8080/v1] [--screen-url URL]
     python bench/improve.py --work /work/runs/improve --table-only        # the report from what exists
 
+A training choice over the same screening (its round 0 and round 1 samples copied from another run):
+
+    python bench/improve.py --work /work/runs/improve_on --screened-from /work/runs/improve [same sampling flags] \
+        --train-from student --prior none --report-name improve_train_on
+
 Writes bench/results/improve.{md,json,png} (``--results DIR`` writes them elsewhere, e.g. for a smoke run).
 """
 
@@ -42,6 +47,7 @@ from teacher import llama_server, native_server, teacher_gguf
 from divconq.distill.evaluate import read_results
 from divconq.distill.self_improve import HeldOut, ImproveConfig, NoSignalError, improve
 from divconq.distill.stats import paired_bootstrap, paired_rows
+from divconq.contract import TRAIN_FROM
 from divconq.errors import DivconqError
 from divconq.nodes.models import require_server
 from divconq.safeio import atomic_path, atomic_write
@@ -104,17 +110,20 @@ def _server(url: str | None, gguf: Path | None, port: int, parallel: int, what: 
 def run(args: argparse.Namespace) -> None:
     config = ImproveConfig(samples=args.samples, temperature=args.temperature, rounds=args.rounds,
                            questions=args.questions, draws=args.draws, max_new_tokens=args.max_new_tokens,
-                           concurrency=args.concurrency)
+                           concurrency=args.concurrency, train_from=args.train_from)
     teacher_gguf_path = None if (args.solver or args.teacher_url) else teacher_gguf()
     with _server(args.teacher_url, teacher_gguf_path, args.teacher_port, args.concurrency, "teacher") as teacher_url, \
             _server(args.screen_url, args.screen_gguf, args.screen_port, args.concurrency, "screening solver") as screen_url:
         solver = args.solver or f"openai:teacher@{teacher_url}"
         screen = args.screen_solver or (f"openai:screen@{screen_url}" if screen_url else None)
         student, prior = _start_student(args)
+        prior = None if args.prior == "none" else prior
+        screened_from = args.screened_from / "improve" if args.screened_from else None
         heldout = HeldOut(args.eval_data, None if args.slice == "none" else args.slice, args.eval_questions)
         try:
             improve(student, solver, dataset="gsm8k", data=args.data, out=args.work / "improve", screen_solver=screen,
-                    heldout=heldout, prior_data=prior, config=config, train_config=_recipe_train_config(),
+                    heldout=heldout, prior_data=prior, screened_from=screened_from, config=config,
+                    train_config=_recipe_train_config(),
                     timeout=args.timeout)
         except NoSignalError as exc:
             print(f"improve: {exc}", flush=True)  # the report says so too
@@ -250,13 +259,13 @@ def _plot(summary: dict, reference: dict | None, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(work: Path, results: Path) -> str:
-    """bench/results/improve.{md,json,png} from the run's improve.json."""
+def write_report(work: Path, results: Path, name: str = "improve") -> str:
+    """bench/results/<name>.{md,json,png} from the run's improve.json."""
     source = work / "improve" / "improve.json"
     if not source.is_file():
         return f"no rounds yet: {source} does not exist"
     summary = json.loads(source.read_text())
-    out = results / "improve"
+    out = results / name
     for r in summary["rounds"]:  # each round's per-question results, committed beside the report
         committed = out / f"round_{r['round']}.jsonl"
         atomic_write(committed, (work / "improve" / f"round_{r['round']}" / "heldout.jsonl").read_text())
@@ -282,6 +291,13 @@ def main() -> None:
     parser.add_argument("--eval-questions", type=int, default=100, help="the first N questions of the slice")
     parser.add_argument("--start", choices=["trained", "shipped"], default="trained",
                         help="round 0: a student trained here on the prior data, or the shipped adapter")
+    parser.add_argument("--train-from", choices=TRAIN_FROM, default="base",
+                        help="each round trains a new adapter on the base, or the round's student on from its adapter")
+    parser.add_argument("--prior", choices=["replay", "none"], default="replay",
+                        help="train on the prior data again with the kept set, or on the kept set alone")
+    parser.add_argument("--screened-from", type=Path, metavar="WORK",
+                        help="the --work of another run with the same sampling: reuse its round 0 and round 1 "
+                        "screening, so that only the training differs")
     parser.add_argument("--teacher-store", type=Path, help="teacher traces to add to the prior data (the recipe's)")
     parser.add_argument("--teacher-url", help="an already running teacher server (OpenAI base URL)")
     parser.add_argument("--teacher-port", type=int, default=8080)
@@ -300,6 +316,8 @@ def main() -> None:
     parser.add_argument("--eval-data", type=Path, default=DATA / "test.jsonl")
     parser.add_argument("--slice", default=str(SLICE), help="slice file of --eval-data, or 'none'")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where improve.{md,json,png} go")
+    parser.add_argument("--report-name", default="improve",
+                        help="the report's files: <results>/<name>.{md,json,png} and <name>/round_<r>.jsonl")
     parser.add_argument("--table-only", action="store_true", help="write the report from the rounds so far")
     args = parser.parse_args()
     args.work = args.work.resolve()
@@ -307,7 +325,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.table_only:
         run(args)
-    print(write_report(args.work, args.results))
+    print(write_report(args.work, args.results, args.report_name))
 
 
 if __name__ == "__main__":

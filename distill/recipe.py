@@ -149,13 +149,17 @@ def build_default_adapter(data_root: Path, out: Path, teacher_store: Path | None
     with tempfile.TemporaryDirectory(prefix="divconq-recipe-") as scratch:
         data, summaries, ids = build_data(data_root, Path(scratch), teacher_store, config,
                                           frozenset(i for s in slices for i in s.ids))
-        finetune(data, base="default", out=out, config=config.train, overwrite=True)
+        finetune(data, out=out, config=config.train, overwrite=True)  # on config.train.base
     result = read_result(out)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # ship the adapter, not the optimizer state
     atomic_write(out / TRAINING_IDS_FILE, "\n".join(sorted({scrub_text(i) for i in ids})) + "\n")
     record = {
         "command": "python -m divconq.distill.recipe --data ../shared/data"
         + (" --teacher-store TEACHER.db" if teacher_store else "")
+        + (f" --base {config.train.base}" if config.train.base != "default" else "")
+        + (f" --max-steps {config.train.max_steps}" if config.train.max_steps > 0 else "")
+        + (f" --micro-batch {config.train.per_device_train_batch_size}" if config.train.gradient_accumulation_steps > 1
+           else "")
         + "".join(f" --held-out {path}" for path in held_out),
         "held_out": {s.name: s.key for s in slices},
         "sources": {k: {key: v[key] for key in ("seen", "kept", "train", "validation", "dropped", "teacher") if key in v}
@@ -176,11 +180,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--held-out", type=Path, action="append", default=[], metavar="SLICE",
                         help="a slice file (one question id per line) whose questions are never trained on; repeatable")
     parser.add_argument("--epochs", type=float, help="override the recipe's epochs")
+    parser.add_argument("--base", default="default", metavar="SPEC",
+                        help="the student's base: default (the embedded SmolLM2-135M-Instruct) or hf:<dir>")
+    parser.add_argument("--max-steps", type=int, default=-1, metavar="N",
+                        help="stop after N optimizer steps (a budget for a larger base on a CPU; default: the epochs)")
+    parser.add_argument("--micro-batch", type=int, metavar="N",
+                        help="examples per forward pass, accumulated to the recipe's batch (less memory for a "
+                        "larger base); must divide it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # training progress on stderr
     config = RecipeConfig()
     if args.epochs:
         config.train.num_train_epochs = args.epochs
+    config.train.base = args.base
+    config.train.max_steps = args.max_steps
+    if args.micro_batch:
+        batch = config.train.per_device_train_batch_size * config.train.gradient_accumulation_steps
+        if args.micro_batch < 1 or batch % args.micro_batch:
+            raise SystemExit(f"recipe: --micro-batch {args.micro_batch} does not divide the recipe's batch of {batch}: "
+                             "pass a divisor of it")
+        config.train.per_device_train_batch_size = args.micro_batch
+        config.train.gradient_accumulation_steps = batch // args.micro_batch
     try:
         record = build_default_adapter(args.data, args.out, args.teacher_store, config, args.held_out)
     except (DivconqError, OSError) as exc:  # a missing data file, an overlapping slice: one line

@@ -17,10 +17,15 @@ Round 0 scores the starting student on the held-out questions. Each round r = 1.
                 fewest solver tokens: S_D-S (``build_sft(screen="self")``) over every round so
                 far. Questions solved by every sample and by none are counted (they carry no
                 signal); a round where no sample reached gold stops there, retraining nothing;
-  5. train      a new LoRA student on the base, on the prior data (the student's own training
-                data, when given) plus the kept set, through ``finetune``;
+  5. train      through ``finetune``, on the prior data (the student's own training data, when
+                given) plus the kept set: a new LoRA student on the base (``train_from="base"``),
+                or the round's student trained on from its adapter (``train_from="student"``);
   6. evaluate   the new student on the held-out questions, with the evaluation solver, and
                 its paired bootstrap CI against round 0.
+
+``screened_from`` starts a new run from another run's round 0 and round 1 screening (copied),
+so that training choices (``train_from``, the prior data) are compared over the same kept set:
+sampling and screening are most of a round's time, and a repeat would differ by server noise.
 
 The screening solver may be cheaper than the evaluation one (the paper's Table 4 question:
 do decompositions tuned against one solver help another). Every step's output is its done
@@ -59,7 +64,7 @@ from typing import Any, Iterator
 
 from langchain_core.language_models import BaseChatModel
 
-from divconq.contract import DEFAULT_TIMEOUT_SECONDS, MAX_CAP, TASKS, Task
+from divconq.contract import DEFAULT_TIMEOUT_SECONDS, MAX_CAP, TASKS, TRAIN_FROM, Task, TrainFrom
 from divconq.distill.datasets import Example, load_dataset
 from divconq.distill.evaluate import load_pricing, read_results, summarise
 from divconq.distill.sampling import SAMPLE_KEY, Draws, SampledDecomposer, sample_decompositions
@@ -76,6 +81,9 @@ logger = logging.getLogger(__name__)
 SETTINGS_FILE = "improve.json"
 # Settings a resumed run may change: they change how fast it runs, not what it computes.
 _FREE_SETTINGS = ("rounds", "concurrency")
+# Settings that decide only what a round trains, not what it samples and screens: a run
+# with other values may take over another's round 1 screening (screened_from).
+_TRAINING_SETTINGS = ("prior_data", "train_from", "val_fraction")
 
 
 class NoSignalError(DivconqError):
@@ -104,6 +112,10 @@ class ImproveConfig:
     concurrency: int = 2  # screening and evaluation questions in flight
     val_fraction: float = 0.1  # of the kept set, by a hash of the question
     seed: int = 0
+    # "base": each round trains a new adapter on the base; "student": it trains the round's
+    # student on from its adapter (kept and prior data alike), so what the student already
+    # decomposes well is not relearned from scratch.
+    train_from: TrainFrom = "base"
     # Pricing keys (divconq.distill.evaluate): the paper's student at 13/175 of GPT-3.5, and GPT-3.5.
     decomposer_price: str = "13b-student"
     solver_price: str = "openai:gpt-3.5-turbo"
@@ -121,6 +133,8 @@ class ImproveConfig:
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0):
             raise DivconqError(f"temperature must be above 0 (greedy decoding writes one decomposition K times), "
                                f"got {self.temperature!r}")
+        if self.train_from not in TRAIN_FROM:
+            raise DivconqError(f"train_from must be one of {', '.join(TRAIN_FROM)}, got {self.train_from!r}")
         if self.task not in TASKS:
             raise DivconqError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if not 0 <= self.val_fraction < 1:
@@ -217,6 +231,7 @@ def improve(
     screen_solver: str | BaseChatModel | None = None,
     heldout: HeldOut | None = None,
     prior_data: str | Path | None = None,
+    screened_from: str | Path | None = None,
     config: ImproveConfig | None = None,
     train_config: Any = None,
     pricing: dict[str, dict[str, float]] | None = None,
@@ -234,6 +249,9 @@ def improve(
         screen_solver: a cheaper solver for screening the samples (``solver`` when None).
         heldout: the questions each round is scored on (none: no held-out score).
         prior_data: an SFT dir the student was trained on, trained on again with the kept set.
+        screened_from: another run's ``out``, of the same student, solvers, data and sampling: a new
+            run starts from its round 0 and its round 1 samples and screening (copied), so that only
+            the training differs.
         config: sampling, screening and budget settings (``ImproveConfig()`` when None).
         train_config: a ``TrainConfig`` for each round's training (``TrainConfig()`` when None).
         pricing: extra pricing-table entries (``{spec: {"input", "output"}}`` $/1K tokens).
@@ -245,6 +263,8 @@ def improve(
                  train_config, pricing, timeout, progress)
     with WriterLock(plan.out / SETTINGS_FILE, "improve run"):  # a second run on this dir is refused now
         settings = _check_settings(plan, data, heldout)
+        if screened_from is not None:
+            _take_screening(plan, settings, Path(screened_from))
         rounds = [_round_zero(plan)]
         _write_json(plan.out / SETTINGS_FILE, {"settings": settings, "rounds": rounds})
         current = plan.student
@@ -298,7 +318,7 @@ def _round(plan: _Plan, number: int, student: str) -> dict[str, Any]:
         _training_data(plan, number, paths, student, stats)
     if not (paths.adapter / ADAPTER_MANIFEST).is_file():
         with _timed(paths, "train"):
-            _train(plan, number, paths)
+            _train(plan, number, paths, student)
     with _timed(paths, "evaluate"):
         rows = _evaluate(plan, new_student, paths.heldout)
     round_zero_rows = read_results(plan.out / "round_0" / "heldout.jsonl")
@@ -413,6 +433,58 @@ def _check_settings(plan: _Plan, data: str | Path, heldout: HeldOut | None) -> d
             raise DivconqError(f"{plan.out} holds a run with {key} {value!r}, this run has {settings.get(key)!r}: "
                                "pass another --out, or the same settings to resume it")
     return settings
+
+
+def _take_screening(plan: _Plan, settings: dict[str, Any], source: Path) -> None:
+    """Copy round 0 and round 1's samples, screening and kept set of the run in ``source``.
+
+    Only those: later rounds sample from a student this run trains. Refused unless ``source``
+    sampled and screened as this run would; what this run already holds is kept as it is."""
+    source_file = source / SETTINGS_FILE
+    if not source_file.is_file():
+        raise DivconqError(f"screened_from {source} holds no run of divconq improve ({SETTINGS_FILE}): pass its --out")
+    theirs = _read_json(source_file).get("settings") or {}
+    for key in sorted(set(theirs) | set(settings)):
+        if key not in _FREE_SETTINGS + _TRAINING_SETTINGS and theirs.get(key) != settings.get(key):
+            raise DivconqError(f"screened_from {source} sampled or screened with {key} {theirs.get(key)!r}, this run "
+                               f"has {settings.get(key)!r}: its screening is not this run's; drop screened_from")
+    zero, one = _Round(source / "round_0"), _Round(source / "round_1")
+    if not (zero.summary.is_file() and (one.kept / SUMMARY_FILE).is_file()):
+        raise DivconqError(f"screened_from {source} has not finished round 1's screening: resume that run first")
+    if not (plan.out / "round_0" / "round.json").is_file():
+        _copy_files(zero.dir, plan.out / "round_0", ("round.json", "heldout.jsonl", "clock.json"))
+    target = _Round(plan.out / "round_1")
+    if not (target.kept / SUMMARY_FILE).is_file():
+        _copy_screening(one, target)
+
+
+def _copy_files(source: Path, target: Path, names: tuple[str, ...]) -> None:
+    import shutil
+
+    with atomic_dir(target, replace_existing=True, what="round dir") as scratch:
+        for name in names:
+            if (source / name).is_file():
+                shutil.copy2(source / name, scratch / name)
+
+
+def _copy_screening(source: _Round, target: _Round) -> None:
+    """A round's sample, screen and keep steps, their files and seconds; the store through SQLite's backup."""
+    import shutil
+    import sqlite3
+
+    with atomic_dir(target.dir, replace_existing=True, what="round dir") as scratch:
+        into = _Round(scratch)
+        for path in ("questions", "samples", "screening"):
+            shutil.copy2(getattr(source, path), getattr(into, path))
+        shutil.copytree(source.kept, into.kept)
+        reader, writer = sqlite3.connect(f"file:{source.store}?mode=ro", uri=True), sqlite3.connect(into.store)
+        try:
+            reader.backup(writer)
+        finally:
+            reader.close()
+            writer.close()
+        clock = _read_json(source.clock) if source.clock.is_file() else {}
+        _write_json(into.clock, {k: v for k, v in clock.items() if k in ("sample", "screen", "keep")})
 
 
 def _prompts(plan: _Plan, student: str) -> Any:
@@ -595,6 +667,7 @@ def _training_data(plan: _Plan, number: int, paths: _Round, student: str, stats:
         "accept_rate": stats["accept_rate"],
         "stores": [str(_Round(plan.out / f"round_{r}").store) for r in range(1, number + 1)],
         "prior_data": None if plan.prior is None else str(plan.prior),
+        "train_from": plan.config.train_from,
     }
     with atomic_dir(paths.train_data, replace_existing=True, what="training data dir") as scratch:
         if plan.prior is not None:
@@ -614,13 +687,19 @@ def _training_data(plan: _Plan, number: int, paths: _Round, student: str, stats:
         (scratch / SUMMARY_FILE).write_text(json.dumps(scrub_value(summary), indent=2) + "\n", encoding="utf-8")
 
 
-def _train(plan: _Plan, number: int, paths: _Round) -> None:
-    """A new student on the base, through the same trainer; the ids it saw beside it."""
+def _train(plan: _Plan, number: int, paths: _Round, student: str) -> None:
+    """The round's student, through the same trainer (from the base, or on from ``student``'s
+    adapter); the ids it saw beside it."""
     from divconq.distill.recipe import TRAINING_IDS_FILE
     from divconq.distill.train import finetune
+    from divconq.nodes.models import adapter_of
 
-    logger.info("round %d: training %s on %s", number, plan.base, paths.train_data)
-    finetune(paths.train_data, base=plan.base, out=paths.adapter, config=plan.train_config, resume=True)
+    train_config = copy.copy(plan.train_config)
+    adapter = adapter_of(student) if plan.config.train_from == "student" else None
+    start = str(adapter) if adapter else None  # a bare student has no adapter to train on: a new one
+    train_config.init_adapter = start
+    logger.info("round %d: training %s on %s", number, start or plan.base, paths.train_data)
+    finetune(paths.train_data, base=plan.base, out=paths.adapter, config=train_config, resume=True)
     ids = set(plan.start_ids)
     for earlier in range(1, number + 1):
         ids |= set(_read_json(_Round(plan.out / f"round_{earlier}").screening)["kept_ids"])

@@ -52,6 +52,7 @@ from trl import SFTConfig, SFTTrainer
 from divconq.distill.sft import read_summary
 from divconq.errors import DivconqError
 from divconq.nodes.manifest import (
+    ADAPTER_CONFIG,
     ADAPTER_MANIFEST,
     is_adapter_dir,
     model_fingerprint,
@@ -91,6 +92,9 @@ class TrainConfig(SFTConfig):
     lora_dropout: float = _setting(0.05, "dropout on the LoRA input, in [0, 1)")
     lora_target_modules: str = _setting("all-linear", "comma-separated names of the modules to adapt, or "
                                         "'all-linear' (every linear layer but the output head)")
+    init_adapter: str | None = _setting(None, "an adapter dir of divconq to train on from, instead of a fresh LoRA "
+                                        "adapter (its own rank, alpha and modules are kept, the lora_* settings are "
+                                        "not used); it must have been trained on this base", metavar="DIR")
 
     # TrainingArguments / SFTConfig fields with other defaults, for LoRA on a small student.
     output_dir: str | None = _setting(None, "where checkpoints go (default: <out>/checkpoints)")
@@ -521,8 +525,10 @@ def build_trainer(model: Any, tokenizer: Any, train: list[dict], validation: lis
     """TRL's SFTTrainer with a fresh LoRA adapter on ``model``, over prompt/completion records."""
     from datasets import Dataset
 
+    # A model that already carries an adapter (TrainConfig.init_adapter) trains that one on.
     trainer = SFTTrainer(
-        model=model, args=args, processing_class=tokenizer, peft_config=args.lora(),
+        model=model, args=args, processing_class=tokenizer,
+        peft_config=None if _carries_adapter(model) else args.lora(),
         train_dataset=Dataset.from_list(train), eval_dataset=Dataset.from_list(validation) if validation else None,
         callbacks=[_LogLosses(), *(callbacks or [])],
     )
@@ -531,6 +537,40 @@ def build_trainer(model: Any, tokenizer: Any, train: list[dict], validation: lis
     if not args.disable_tqdm:
         trainer.add_callback(_ProgressBar())
     return trainer
+
+
+def _carries_adapter(model: Any) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def _check_init_adapter(init_adapter: str | None, out_dir: Path) -> dict[str, Any] | None:
+    """The manifest of the adapter to train on from, checked before any model loads."""
+    if init_adapter is None:
+        return None
+    directory = Path(init_adapter)
+    if not is_adapter_dir(directory):
+        raise DivconqError(f"init_adapter {directory} holds no adapter ({ADAPTER_CONFIG}): pass an adapter dir "
+                           "that divconq train wrote")
+    if directory.resolve() == out_dir.resolve():
+        raise DivconqError(f"init_adapter {directory} is the output dir: write the new adapter to another dir")
+    manifest = read_adapter_manifest(directory)
+    if manifest is None:
+        raise DivconqError(f"init_adapter {directory} has no {ADAPTER_MANIFEST}, so its base cannot be checked: "
+                           "pass an adapter dir that divconq train wrote")
+    return manifest
+
+
+def _from_adapter(model: Any, config: TrainConfig, manifest: dict[str, Any], fingerprint: str) -> Any:
+    """``model`` with the adapter of ``config.init_adapter``, trainable; refused if made on another base."""
+    from peft import PeftModel
+
+    if manifest.get("base_fingerprint") != fingerprint:
+        raise DivconqError(f"init_adapter {config.init_adapter} was trained on base {manifest.get('base_model')!r} "
+                           f"(fingerprint {manifest.get('base_fingerprint')}), not on {config.base!r} ({fingerprint}): "
+                           "train on from an adapter of this base")
+    return PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
 
 
 def _total_steps(trainer: SFTTrainer) -> int:
@@ -616,9 +656,12 @@ def finetune(
     _check_device(config)
     base_path = _resolve_base(config.base)
     clear_checkpoints = _check_adapter_dir(out_dir, checkpoints, resume, overwrite)
+    init_manifest = _check_init_adapter(config.init_adapter, out_dir)
 
     model, tokenizer = _load_base(base_path, config.base)
     fingerprint = model_fingerprint(model)
+    if init_manifest is not None:
+        model = _from_adapter(model, config, init_manifest, fingerprint)
     (train_records, val_records), skipped = _records(tokenizer, conversations, config.max_length)
     if clear_checkpoints and _is_main_process():  # only now: a base that fails to load leaves the old run intact
         shutil.rmtree(checkpoints)

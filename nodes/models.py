@@ -301,6 +301,12 @@ def _resolve_local_path(spec: ModelSpec) -> str:
     return str(default_model_dir()) if spec.kind == "default" else spec.target
 
 
+def adapter_of(spec: str, role: str | None = DECOMPOSER) -> Path | None:
+    """The adapter dir a model spec loads in ``role`` (for ``default`` as the decomposer, the
+    shipped one), or None for a bare model."""
+    return _resolve_adapter(parse_spec(spec), role)
+
+
 def _resolve_adapter(spec: ModelSpec, role: str | None) -> Path | None:
     """The adapter dir a spec loads (the shipped one for the default decomposer), or None."""
     if spec.adapter == "none":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -343,6 +344,44 @@ def test_a_run_with_other_settings_is_refused(student_dir, data, tmp_path):
     with pytest.raises(DivconqError, match="holds a run with samples 3, this run has 2"):
         run_improve(student_dir, data, out, JudgingSolver(calls=[]))
     assert sorted(p.name for p in out.iterdir()) == ["improve.json", "improve.json.lock"]
+
+
+def test_a_round_trains_the_student_on_from_its_adapter_and_another_run_reuses_its_screening(
+        student_dir, data, tmp_path, monkeypatch):
+    """train_from="student" trains the round's student on; screened_from compares a training
+    choice over the same screening: nothing is sampled or screened again, only trained."""
+    first = run_improve(student_dir, data, tmp_path / "first", JudgingSolver(calls=[]))
+    started_from = first.student.split("+adapter=")[1]
+    train, heldout = data
+    on = improve(first.student, JudgingSolver(calls=[]), dataset="gsm8k", data=train, out=tmp_path / "on",
+                 heldout=HeldOut(heldout), config=replace(CONFIG, train_from="student"),
+                 train_config=tiny_training(), progress=False)
+    manifest = json.loads((tmp_path / "on" / "round_1" / "adapter" / "divconq_adapter.json").read_text())
+    assert manifest["training"]["init_adapter"] == started_from
+    assert manifest["provenance"]["train_from"] == "student"
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("a reused round was sampled again")
+
+    monkeypatch.setattr(self_improve, "sample_decompositions", no_sampling)
+    solver = JudgingSolver(calls=[])
+    fresh = improve(first.student, solver, dataset="gsm8k", data=train, out=tmp_path / "fresh",
+                    heldout=HeldOut(heldout), screened_from=tmp_path / "on", config=CONFIG,
+                    train_config=tiny_training(), progress=False)
+    assert len(solver.calls) == 2  # the two held-out questions of round 1; round 0's results were copied
+    for name in ("samples.jsonl", "screening.json", "kept/train.jsonl"):
+        assert (tmp_path / "fresh" / "round_1" / name).read_text() == (tmp_path / "on" / "round_1" / name).read_text()
+    with TraceStore(tmp_path / "fresh" / "round_1" / "screen.db", readonly=True) as store:
+        assert store.count(status="ok") == sum(len(r["draws"]["samples"]) for r in rows(tmp_path / "on" / "round_1" / "samples.jsonl"))
+    assert fresh.rounds[0] == on.rounds[0]
+    manifest = json.loads((tmp_path / "fresh" / "round_1" / "adapter" / "divconq_adapter.json").read_text())
+    assert manifest["training"]["init_adapter"] is None  # trained from the base this time
+
+    with pytest.raises(DivconqError, match="sampled or screened with temperature 1.0, this run has 0.5"):
+        improve(first.student, solver, dataset="gsm8k", data=train, out=tmp_path / "other", heldout=HeldOut(heldout),
+                screened_from=tmp_path / "on", config=replace(CONFIG, temperature=0.5),
+                train_config=tiny_training(), progress=False)
+    assert not (tmp_path / "other" / "round_0").exists()
 
 
 # --------------------------------------------------------------------------- bad input

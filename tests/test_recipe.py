@@ -88,3 +88,33 @@ def test_recipe_refuses_a_held_out_slice_it_would_train_on(tmp_path):
               "--out", str(tmp_path / "adapter")])
     assert "overlaps the training ids" in str(ended.value) and "\n" not in str(ended.value)
     assert not (tmp_path / "adapter").exists()
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "gsm8k").is_dir(), reason="needs ../shared/data")
+def test_the_recipe_trains_another_base_within_a_step_budget(tmp_path, capsys):
+    """--base and --max-steps: the recipe's student on a larger base, trained for a budget of
+    steps on a CPU; the adapter, its manifest and recipe.json say which base and budget."""
+    from tiny_models import build_tiny_chat_model
+
+    from divconq.distill import recipe
+    from divconq.nodes.manifest import ADAPTER_MANIFEST
+
+    tiny = build_tiny_chat_model(tmp_path / "tiny", seed=0)
+    small = RecipeConfig(gold=[GoldSource("gsm8k", "gsm8k/test_socratic.jsonl", "math", 24)])
+    small.train.per_device_train_batch_size = 2
+    small.train.disable_tqdm = True
+    small.train.max_length = 8192  # the tiny model's tokenizer spells words out
+    real_config = recipe.RecipeConfig
+    recipe.RecipeConfig = lambda: small  # the real CLI, on a small slice of the gold data
+    try:
+        recipe.main(["--data", str(SHARED_DATA), "--out", str(tmp_path / "adapter"), "--base", f"hf:{tiny}",
+                     "--max-steps", "3", "--micro-batch", "1"])
+        with pytest.raises(SystemExit, match="--micro-batch 3 does not divide the recipe's batch of 2"):
+            recipe.main(["--data", str(SHARED_DATA), "--out", str(tmp_path / "other"), "--micro-batch", "3"])
+    finally:
+        recipe.RecipeConfig = real_config
+    manifest = json.loads((tmp_path / "adapter" / ADAPTER_MANIFEST).read_text())
+    assert manifest["base_model"] == f"hf:{tiny}" and manifest["metrics"]["steps"] == 3
+    record = json.loads((tmp_path / "adapter" / "recipe.json").read_text())
+    assert f"--base hf:{tiny} --max-steps 3 --micro-batch 1" in record["command"]
+    assert manifest["training"]["gradient_accumulation_steps"] == 2  # the recipe's batch of 2, one at a time

@@ -230,6 +230,46 @@ class _Crash(TrainerCallback):
             raise KeyboardInterrupt("simulated interruption")
 
 
+def _adapter_weights(adapter: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(adapter / "adapter_model.safetensors"))
+
+
+def test_training_on_from_an_adapter_starts_at_its_weights(trained, tiny, sft_data, tmp_path):
+    """init_adapter continues the given adapter: the first validation loss is the one the
+    adapter ended at (a fresh LoRA adapter would start at the base's), its rank is kept, and
+    the manifest says where it started."""
+    _, adapter, _ = trained
+    start = read_result(adapter)
+    config = TrainConfig(max_steps=4, eval_steps=4, save_steps=4, init_adapter=str(adapter), lora_r=4, **FAST)
+    spec = finetune(sft_data, base=f"hf:{tiny}", out=tmp_path / "on", config=config)
+    result = read_result(tmp_path / "on")
+    assert spec == f"hf:{tiny}+adapter={tmp_path / 'on'}"
+    assert result.eval_loss_before == pytest.approx(start.eval_loss_after, rel=1e-4)
+    assert result.eval_loss_before < 0.8 * read_result(adapter).eval_loss_before  # not the base's loss
+    before, after = _adapter_weights(adapter), _adapter_weights(tmp_path / "on")
+    assert before.keys() == after.keys()
+    assert all(before[k].shape == after[k].shape for k in before)  # rank 16 kept, lora_r=4 not used
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # and trained
+    manifest = json.loads((tmp_path / "on" / ADAPTER_MANIFEST).read_text())
+    assert manifest["training"]["init_adapter"] == str(adapter)
+    assert json.loads((tmp_path / "on" / "adapter_config.json").read_text())["r"] == 16
+
+
+def test_training_on_from_an_adapter_of_another_base_is_refused(trained, sft_data, tmp_path):
+    _, adapter, _ = trained
+    other = build_tiny_chat_model(tmp_path / "other", seed=1)
+    config = TrainConfig(max_steps=1, init_adapter=str(adapter), **FAST)
+    with pytest.raises(DivconqError, match="was trained on base .* train on from an adapter of this base"):
+        finetune(sft_data, base=f"hf:{other}", out=tmp_path / "out", config=config)
+    assert not (tmp_path / "out" / ADAPTER_MANIFEST).exists()
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(DivconqError, match="holds no adapter"):
+        finetune(sft_data, base=f"hf:{other}", out=tmp_path / "out2",
+                 config=TrainConfig(max_steps=1, init_adapter=str(tmp_path / "plain"), **FAST))
+
+
 def test_resume_skips_a_partial_checkpoint(tiny, sft_data, tmp_path):
     out = tmp_path / "adapter"
     config = TrainConfig(max_steps=5, eval_steps=100, save_steps=2, **FAST)
