@@ -192,7 +192,11 @@ def _markdown(summary: dict, reference: dict | None) -> str:
         f"Student (round 0): `{settings['student']}`. Held-out solver: `{settings['solver']}`. Screening solver: "
         f"`{settings['screen_solver']}`. Held-out EM on {slice_text}. K={settings['samples']} distinct samples of "
         f"{settings['draws'] or 2 * settings['samples']} draws at temperature {settings['temperature']}, "
-        f"{settings['questions'] or 'all'} questions a round. Prior data: `{settings['prior_data']}`.",
+        f"{settings['questions'] or 'all'} questions a round. Prior data: `{settings['prior_data']}`. Each round "
+        + ("trains the round's student on from its adapter." if settings.get("train_from") == "student"
+           else "trains a new adapter on the base."),
+        *[f"Round {r['round']}'s samples and screening were copied from `{r['screened_from']}` (its wall time counts "
+          "them)." for r in rounds if r.get("screened_from")],
         "",
         "| round | training questions | samples screened | accept rate | solved by all / none / no usable sample | "
         "kept questions | train examples | held-out EM | EM - round 0 [95% paired CI] | decomposer tokens/q | "

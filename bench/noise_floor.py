@@ -9,6 +9,9 @@ arithmetic is not bit-identical from one run to the next.
 
     python bench/noise_floor.py [--first FILE] [--second FILE] [--out FILE] [--json]
 
+The same comparison serves two students on one slice with one solver (``--first`` and
+``--second`` of other rows): how many sub-questions differ, and how many scores flip.
+
 Writes bench/results/noise_floor.json.
 """
 

@@ -44,6 +44,8 @@ question, sample, checkpoint and question), so a stopped run continues where it 
                  /adapter/        the round's student (``<base>+adapter=<dir>``)
                  /heldout.jsonl   its held-out results
                  /clock.json      wall seconds per step, over every sitting
+                 /screened_from.json  where the round's samples and screening were copied from
+                                  (``screened_from``; round 0 and round 1 only)
                  /round.json      the round's figures, written last
 """
 
@@ -216,6 +218,7 @@ class _Round:
     heldout = property(lambda self: self.dir / "heldout.jsonl")
     clock = property(lambda self: self.dir / "clock.json")
     summary = property(lambda self: self.dir / "round.json")
+    screened_from = property(lambda self: self.dir / "screened_from.json")  # where a reused screening came from
 
 
 # --------------------------------------------------------------------------- the loop
@@ -452,19 +455,20 @@ def _take_screening(plan: _Plan, settings: dict[str, Any], source: Path) -> None
     if not (zero.summary.is_file() and (one.kept / SUMMARY_FILE).is_file()):
         raise DivconqError(f"screened_from {source} has not finished round 1's screening: resume that run first")
     if not (plan.out / "round_0" / "round.json").is_file():
-        _copy_files(zero.dir, plan.out / "round_0", ("round.json", "heldout.jsonl", "clock.json"))
+        _copy_files(zero, _Round(plan.out / "round_0"), ("round.json", "heldout.jsonl", "clock.json"))
     target = _Round(plan.out / "round_1")
     if not (target.kept / SUMMARY_FILE).is_file():
         _copy_screening(one, target)
 
 
-def _copy_files(source: Path, target: Path, names: tuple[str, ...]) -> None:
+def _copy_files(source: _Round, target: _Round, names: tuple[str, ...]) -> None:
     import shutil
 
-    with atomic_dir(target, replace_existing=True, what="round dir") as scratch:
+    with atomic_dir(target.dir, replace_existing=True, what="round dir") as scratch:
         for name in names:
-            if (source / name).is_file():
-                shutil.copy2(source / name, scratch / name)
+            if (source.dir / name).is_file():
+                shutil.copy2(source.dir / name, scratch / name)
+        _write_json(_Round(scratch).screened_from, {"source": str(source.dir.resolve())})
 
 
 def _copy_screening(source: _Round, target: _Round) -> None:
@@ -485,6 +489,7 @@ def _copy_screening(source: _Round, target: _Round) -> None:
             writer.close()
         clock = _read_json(source.clock) if source.clock.is_file() else {}
         _write_json(into.clock, {k: v for k, v in clock.items() if k in ("sample", "screen", "keep")})
+        _write_json(into.screened_from, {"source": str(source.dir.resolve())})
 
 
 def _prompts(plan: _Plan, student: str) -> Any:
@@ -757,6 +762,9 @@ def _record(plan: _Plan, number: int, student: str, rows: list[dict[str, Any]], 
                                       questions),
         "screening_solver_tokens_per_q": _per(stats.get("screening_solver_tokens", 0), questions),
         "train_examples": (read_summary(paths.train_data) or {}).get("train") if number else None,
+        # A round whose samples and screening were copied from another run (screened_from):
+        # its seconds count that run's sampling and screening.
+        "screened_from": _read_json(paths.screened_from)["source"] if paths.screened_from.is_file() else None,
         "seconds_by_step": clock,
     }
     if rows:

@@ -373,7 +373,12 @@ def test_a_round_trains_the_student_on_from_its_adapter_and_another_run_reuses_i
         assert (tmp_path / "fresh" / "round_1" / name).read_text() == (tmp_path / "on" / "round_1" / name).read_text()
     with TraceStore(tmp_path / "fresh" / "round_1" / "screen.db", readonly=True) as store:
         assert store.count(status="ok") == sum(len(r["draws"]["samples"]) for r in rows(tmp_path / "on" / "round_1" / "samples.jsonl"))
-    assert fresh.rounds[0] == on.rounds[0]
+    assert fresh.rounds[1]["screened_from"] == str((tmp_path / "on" / "round_1").resolve())
+    assert on.rounds[1]["screened_from"] is None
+    assert json.loads((tmp_path / "fresh" / "round_0" / "screened_from.json").read_text())["source"] == str(
+        (tmp_path / "on" / "round_0").resolve())
+    assert (tmp_path / "fresh" / "round_0" / "heldout.jsonl").read_text() == (
+        tmp_path / "on" / "round_0" / "heldout.jsonl").read_text()
     manifest = json.loads((tmp_path / "fresh" / "round_1" / "adapter" / "divconq_adapter.json").read_text())
     assert manifest["training"]["init_adapter"] is None  # trained from the base this time
 
