@@ -83,9 +83,10 @@ logger = logging.getLogger(__name__)
 SETTINGS_FILE = "improve.json"
 # Settings a resumed run may change: they change how fast it runs, not what it computes.
 _FREE_SETTINGS = ("rounds", "concurrency")
-# Settings that decide only what a round trains, not what it samples and screens: a run
-# with other values may take over another's round 1 screening (screened_from).
-_TRAINING_SETTINGS = ("prior_data", "train_from", "val_fraction")
+# Settings that decide only what a round trains, not what it samples, screens and keeps: a
+# run with other values may take over another's round 1 screening (screened_from). Not
+# val_fraction: the kept set is copied with its split.
+_TRAINING_SETTINGS = ("prior_data", "train_from")
 
 
 class NoSignalError(DivconqError):
