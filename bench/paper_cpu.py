@@ -32,7 +32,7 @@ from divconq.distill.evaluate import load_pricing, read_results, summarise
 from divconq.distill.stats import decomposed_share, paired_bootstrap, paired_rows
 from divconq.safeio import atomic_path, atomic_write
 from divconq.errors import DivconqError
-from divconq.nodes.models import require_server
+from divconq.nodes.models import parse_spec, require_server
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "gsm8k"
@@ -150,17 +150,18 @@ def run(args: argparse.Namespace, setup: Setup) -> None:
 
 
 def _pricing_for(rows: list[dict], setup: Setup) -> dict:
-    """The paper's pricing: the teacher at GPT-3.5 prices, a student at their 13/175
-    scaling of them, the gold decomposer free (nobody wrote it for this run)."""
+    """The paper's pricing: the teacher (a served model) at GPT-3.5 prices, a student (any
+    local model: default, hf:, llamacpp:) at their 13/175 scaling of them, the gold
+    decomposer free (nobody wrote it for this run)."""
     pricing = load_pricing(None)
     for role in ("decomposer", "solver"):
         spec = rows[0][role]
         if spec.startswith("gold:"):
             pricing[spec] = {"input": 0.0, "output": 0.0}
-        elif spec.startswith((setup.base, setup.student, "default")):
-            pricing[spec] = pricing["13b-student"]
-        else:
+        elif parse_spec(spec).kind == "chat":  # a served model: the teacher
             pricing[spec] = pricing["openai:gpt-3.5-turbo"]
+        else:
+            pricing[spec] = pricing["13b-student"]
     return pricing
 
 
