@@ -53,8 +53,18 @@ def compare(first: Path, second: Path) -> dict:
         "same_subquestions": sum(x["subquestions"] == y["subquestions"] for x, y in pairs),
         "different_predictions": sum(x["prediction"] != y["prediction"] for x, y in pairs),
         "score_flips": sum(x["score"] != y["score"] for x, y in pairs),
+        # Where the sub-questions changed, the decomposer can have moved a score; elsewhere only the solver.
+        **{key: _correct(chosen) for key, chosen in (
+            ("where_subquestions_differ", [(x, y) for x, y in pairs if x["subquestions"] != y["subquestions"]]),
+            ("where_subquestions_agree", [(x, y) for x, y in pairs if x["subquestions"] == y["subquestions"]]))},
         "second_minus_first": paired_bootstrap([y["score"] for _, y in pairs], [x["score"] for x, _ in pairs]).to_dict(),
     }
+
+
+def _correct(pairs: list[tuple[dict, dict]]) -> dict:
+    """Questions, and how many of them each run got right."""
+    return {"n": len(pairs), "correct_first": sum(x["score"] for x, _ in pairs),
+            "correct_second": sum(y["score"] for _, y in pairs)}
 
 
 def main() -> None:
@@ -74,6 +84,10 @@ def main() -> None:
           f"{d['difference']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]; same sub-questions on "
           f"{record['same_subquestions']}, predictions differ on {record['different_predictions']}, "
           f"{record['score_flips']} scores flip")
+    for key in ("where_subquestions_differ", "where_subquestions_agree"):
+        part = record[key]
+        print(f"  {key.replace('_', ' ')}: {part['n']} questions, right {part['correct_first']:g} then "
+              f"{part['correct_second']:g}")
 
 
 if __name__ == "__main__":
