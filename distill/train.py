@@ -59,7 +59,7 @@ from divconq.nodes.manifest import (
     read_adapter_manifest,
     write_adapter_manifest,
 )
-from divconq.nodes.models import default_model_dir, load_causal_lm, parse_spec
+from divconq.nodes.models import attach_adapter, default_model_dir, load_causal_lm, parse_spec
 from divconq.safeio import atomic_write, dir_holds_files, is_disk_full
 
 __all__ = ["TrainConfig", "TrainResult", "config_from_cli", "finetune", "load_sft_jsonl", "read_result"]
@@ -522,10 +522,10 @@ def _trainer_args(config: TrainConfig, checkpoints: Path, has_eval: bool) -> Tra
 
 def build_trainer(model: Any, tokenizer: Any, train: list[dict], validation: list[dict], args: TrainConfig,
                   callbacks: list[Any] | None = None) -> SFTTrainer:
-    """TRL's SFTTrainer with a fresh LoRA adapter on ``model``, over prompt/completion records."""
+    """TRL's SFTTrainer over prompt/completion records, with a fresh LoRA adapter on ``model``
+    unless it carries one already (``TrainConfig.init_adapter``)."""
     from datasets import Dataset
 
-    # A model that already carries an adapter (TrainConfig.init_adapter) trains that one on.
     trainer = SFTTrainer(
         model=model, args=args, processing_class=tokenizer,
         peft_config=None if _carries_adapter(model) else args.lora(),
@@ -545,32 +545,24 @@ def _carries_adapter(model: Any) -> bool:
     return isinstance(model, PeftModel)
 
 
-def _check_init_adapter(init_adapter: str | None, out_dir: Path) -> dict[str, Any] | None:
-    """The manifest of the adapter to train on from, checked before any model loads."""
+def _check_init_adapter(init_adapter: str | None, out_dir: Path) -> None:
+    """The adapter to train on from, checked before any model loads (its base once the base has)."""
     if init_adapter is None:
-        return None
+        return
     directory = Path(init_adapter)
     if not is_adapter_dir(directory):
         raise DivconqError(f"init_adapter {directory} holds no adapter ({ADAPTER_CONFIG}): pass an adapter dir "
                            "that divconq train wrote")
     if directory.resolve() == out_dir.resolve():
         raise DivconqError(f"init_adapter {directory} is the output dir: write the new adapter to another dir")
-    manifest = read_adapter_manifest(directory)
-    if manifest is None:
+    if read_adapter_manifest(directory) is None:
         raise DivconqError(f"init_adapter {directory} has no {ADAPTER_MANIFEST}, so its base cannot be checked: "
                            "pass an adapter dir that divconq train wrote")
-    return manifest
 
 
-def _from_adapter(model: Any, config: TrainConfig, manifest: dict[str, Any], fingerprint: str) -> Any:
+def _from_adapter(model: Any, config: TrainConfig) -> Any:
     """``model`` with the adapter of ``config.init_adapter``, trainable; refused if made on another base."""
-    from peft import PeftModel
-
-    if manifest.get("base_fingerprint") != fingerprint:
-        raise DivconqError(f"init_adapter {config.init_adapter} was trained on base {manifest.get('base_model')!r} "
-                           f"(fingerprint {manifest.get('base_fingerprint')}), not on {config.base!r} ({fingerprint}): "
-                           "train on from an adapter of this base")
-    return PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
+    return attach_adapter(model, Path(config.init_adapter), config.base, merge=False, trainable=True)
 
 
 def _total_steps(trainer: SFTTrainer) -> int:
@@ -656,12 +648,12 @@ def finetune(
     _check_device(config)
     base_path = _resolve_base(config.base)
     clear_checkpoints = _check_adapter_dir(out_dir, checkpoints, resume, overwrite)
-    init_manifest = _check_init_adapter(config.init_adapter, out_dir)
+    _check_init_adapter(config.init_adapter, out_dir)
 
     model, tokenizer = _load_base(base_path, config.base)
     fingerprint = model_fingerprint(model)
-    if init_manifest is not None:
-        model = _from_adapter(model, config, init_manifest, fingerprint)
+    if config.init_adapter is not None:
+        model = _from_adapter(model, config)
     (train_records, val_records), skipped = _records(tokenizer, conversations, config.max_length)
     if clear_checkpoints and _is_main_process():  # only now: a base that fails to load leaves the old run intact
         shutil.rmtree(checkpoints)

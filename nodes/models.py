@@ -345,8 +345,10 @@ def load_causal_lm(path: str, *, for_training: bool = False) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def attach_adapter(model: Any, adapter_dir: Path, base_label: str, *, merge: bool = True, trust: bool = False) -> Any:
-    """Attach a PEFT LoRA adapter after checking it was trained on this base model.
+def attach_adapter(model: Any, adapter_dir: Path, base_label: str, *, merge: bool = True, trust: bool = False,
+                   trainable: bool = False) -> Any:
+    """Attach a PEFT LoRA adapter after checking it was trained on this base model
+    (``trainable``: its weights train on, for ``TrainConfig.init_adapter``).
 
     An adapter without a divconq manifest (nothing records its base) or with pickled
     weights is refused unless ``trust``; every loading failure is one ``ModelSpecError``.
@@ -365,7 +367,7 @@ def attach_adapter(model: Any, adapter_dir: Path, base_label: str, *, merge: boo
                 f"use hf:<that base>+adapter={adapter_dir}, or retrain the adapter on this base"
             )
     try:
-        peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
     except Exception as exc:  # noqa: BLE001 - torch, safetensors and peft each raise their own
         detail = _first_line(exc).split(" Please ")[0]  # not torch's advice to turn weights_only off
         if "size mismatch" in str(exc) or isinstance(exc, KeyError):

@@ -261,7 +261,7 @@ def test_training_on_from_an_adapter_of_another_base_is_refused(trained, sft_dat
     _, adapter, _ = trained
     other = build_tiny_chat_model(tmp_path / "other", seed=1)
     config = TrainConfig(max_steps=1, init_adapter=str(adapter), **FAST)
-    with pytest.raises(DivconqError, match="was trained on base .* train on from an adapter of this base"):
+    with pytest.raises(AdapterMismatchError, match="was trained on base .* retrain the adapter on this base"):
         finetune(sft_data, base=f"hf:{other}", out=tmp_path / "out", config=config)
     assert not (tmp_path / "out" / ADAPTER_MANIFEST).exists()
     (tmp_path / "plain").mkdir()
