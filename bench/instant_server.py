@@ -2,7 +2,7 @@
 
 It measures the harness, not a model: every ``POST /v1/chat/completions`` is answered
 at once with canned text that sends the divconq graph down the static route. A request
-whose last user message holds "Sub-questions:" is a solver call and gets a worked answer
+whose last user message holds the joint solver's sub-question header is a solver call and gets a worked answer
 ending "The answer is: 72"; any other is a decomposer call and gets two sub-questions.
 Replies carry the standard fields (id, object, created, model, choices, usage) that
 langchain-openai's ChatOpenAI reads; ``"stream": true`` gets server-sent events.
@@ -33,6 +33,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from divconq.nodes.prompts import SUBQUESTIONS_HEADER
+
 HOST = "127.0.0.1"
 DECOMPOSER_REPLY = "1. How many in May?\n2. How many in total?"
 SOLVER_REPLY = "1. 24\n2. 72\n\nThe answer is: 72"
@@ -56,7 +58,7 @@ def reply_for(request: dict) -> str:
     content = (last_user or {}).get("content") or ""
     if isinstance(content, list):  # content parts
         content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return SOLVER_REPLY if "Sub-questions:" in content else DECOMPOSER_REPLY
+    return SOLVER_REPLY if SUBQUESTIONS_HEADER in content else DECOMPOSER_REPLY
 
 
 def _tokens(text: str) -> int:

@@ -82,10 +82,19 @@ CONFIGS = {
     "recipe_student_05b": ("llamacpp:{work}/adapters/recipe_05b.q8_0.gguf", "{teacher}", "static", [],
                            "the recipe's student on Qwen2.5-Coder-0.5B-Instruct, 48 steps (384 of its 1,002 examples), "
                            "decomposes (Q8_0, llama.cpp), teacher solves"),
+    # Prompts v5 (the joint solver checks the sub-questions as a suggested plan): the rows
+    # above ran on v4 and keep their names and files; these two rerun static and the
+    # shipped student on v5, and each row is compared with static on its own prompts.
+    "static_v5": ("{teacher}", "{teacher}", "static", [], "teacher decomposes (zero-shot) and solves, prompts v5"),
+    "recipe_student_v5": ("{base}+adapter={work}/adapters/recipe", "{teacher}", "static", [],
+                          "the recipe's student (the shipped default) decomposes, teacher solves, prompts v5"),
     "se_t": ("{teacher}", "{base}+adapter={work}/adapters/se_t", "static", [], "teacher decomposes, S_E-T student solves"),
 }
 # Rows are compared with this one: the teacher doing both stages, as the paper's students are.
 BASELINE = "static"
+# The teacher-static row of each prompt version: a row is paired with the one that ran its
+# prompt version (the solver's turn changed in v5), and with BASELINE when none did.
+STATIC_BY_VERSION = {"4": "static", "5": "static_v5"}
 # The teacher's step-by-step solutions run to 300-500 tokens; a 256 cap cuts some before
 # "The answer is" (the traces of the first sitting were collected uncapped: 511 at most).
 MAX_NEW_TOKENS = 512
@@ -165,7 +174,16 @@ def _pricing_for(rows: list[dict], setup: Setup) -> dict:
     return pricing
 
 
-def row_summary(name: str, rows: list[dict], baseline: list[dict] | None, setup: Setup) -> dict:
+def baseline_for(rows: list[dict], loaded: dict[str, list[dict]]) -> str | None:
+    """The teacher-static row a row is compared with: the one on its prompt version, else BASELINE."""
+    name = STATIC_BY_VERSION.get(str(rows[0].get("prompt_version")))
+    if name in loaded:
+        return name
+    return BASELINE if BASELINE in loaded else None
+
+
+def row_summary(name: str, rows: list[dict], baseline: list[dict] | None, setup: Setup,
+                baseline_name: str = BASELINE) -> dict:
     """A row of the table: the summary, the lenient score, the decomposed share, the paired CI."""
     summary = summarise(rows, _pricing_for(rows, setup))
     summary["lenient"] = 100 * sum(r.get("lenient", 0.0) for r in rows) / len(rows)
@@ -174,10 +192,10 @@ def row_summary(name: str, rows: list[dict], baseline: list[dict] | None, setup:
     summary["what"] = CONFIGS[name][4]
     summary["slice"] = rows[0].get("slice")
     summary["prompts"] = f"{rows[0].get('prompts')} v{rows[0].get('prompt_version')}"
-    if baseline is not None and name != BASELINE:
+    if baseline is not None and name != baseline_name:
         run_scores, base_scores = paired_rows(rows, baseline)
         if run_scores:
-            summary[f"vs_{BASELINE}"] = paired_bootstrap(run_scores, base_scores).to_dict()
+            summary[f"vs_{BASELINE}"] = {**paired_bootstrap(run_scores, base_scores).to_dict(), "baseline": baseline_name}
     return summary
 
 
@@ -193,8 +211,9 @@ def _markdown(summaries: dict[str, dict]) -> str:
     for name, s in summaries.items():
         d, v = s["roles"]["decomposer"], s["roles"]["solver"]
         diff = s.get(f"vs_{BASELINE}")
-        versus = "(reference)" if name == BASELINE else (
-            f"{diff['difference']:+.1f} [{diff['ci_low']:+.1f}, {diff['ci_high']:+.1f}] (n={diff['n']})" if diff else "n/a")
+        against = "" if not diff or diff["baseline"] == BASELINE else f", vs {diff['baseline']}"
+        versus = "(reference)" if name in STATIC_BY_VERSION.values() else (
+            f"{diff['difference']:+.1f} [{diff['ci_low']:+.1f}, {diff['ci_high']:+.1f}] (n={diff['n']}{against})" if diff else "n/a")
         lines.append(
             f"| {name} | {s['what']} | {s['n']} | {s['score']:.1f} | {s['lenient']:.1f} | {100 * s['decomposed_share']:.0f}% | "
             f"{d['input_tokens_per_q'] + d['output_tokens_per_q']:.0f} | {v['input_tokens_per_q'] + v['output_tokens_per_q']:.0f} | "
@@ -230,8 +249,10 @@ def write_table(args: argparse.Namespace, setup: Setup) -> str:
     loaded = {name: rows for name, rows in loaded.items() if rows}
     if not loaded:
         return "no results yet"
-    baseline = loaded.get(BASELINE)
-    summaries = {name: row_summary(name, rows, baseline, setup) for name, rows in loaded.items()}
+    summaries = {}
+    for name, rows in loaded.items():
+        against = baseline_for(rows, loaded)
+        summaries[name] = row_summary(name, rows, loaded.get(against) if against else None, setup, against or BASELINE)
     out = RESULTS / setup.name
     table = _markdown(summaries)
     atomic_write(out.with_suffix(".md"), table + "\n")

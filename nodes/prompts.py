@@ -24,9 +24,10 @@ _SAY_ANSWER = f'"{ANSWER_LEAD}"'  # the marker each solver prompt asks for, quot
 # 3: the joint solver's user turn ends by restating the original question (the decomposer
 # templates are unchanged since 2, so adapters trained on version 2 data still match).
 # 4: that turn ends with the answer marker itself, since a model that echoes the
-# instruction then writes no made-up answer after it. The paper's templates are unchanged
-# since 3.
-PROMPT_VERSION = "4"
+# instruction then writes no made-up answer after it. 5: the joint solver treats the
+# sub-questions as a suggested plan it checks (see _SOLVE). The paper's templates and
+# every decomposer template are unchanged since 3 and 2.
+PROMPT_VERSION = "5"
 
 PromptStyle = Literal["divconq", "paper"]
 PROMPT_STYLES: tuple[str, ...] = get_args(PromptStyle)
@@ -49,21 +50,29 @@ _NEXT = (
 # Small instruct models (the 1.5B teacher of bench/) tend to open with "The answer is"
 # and reason afterwards; saying "only after that" and "last line" twice, once in the user
 # turn, keeps the answer at the end (bench/solver_prompt.py compares; figures in RESULTS.md).
+# Version 5 calls the sub-questions a suggested plan that may be incomplete, out of order or
+# wrong: told to answer them in order (v4), the teacher followed a small student's plan
+# into wrong answers (Toulouse's sheep before Charleston's, whom they depend on), and
+# decomposing cost more than it gave (bench/results/solver_plan.json measures the change).
 _SOLVE = (
-    "Solve the {kind}. Answer the sub-questions one by one, showing your working, then "
-    f"answer the original question. Only after that, write a last line {_SAY_ANSWER} "
-    "followed by the final answer{fmt}."
+    "Solve the {kind} step by step. A helper has suggested sub-questions as a plan. The plan "
+    "may be incomplete, out of order or wrong: check each sub-question against the question, "
+    "answer the useful ones with your working, in whatever order the facts allow, and work out "
+    f"any step still missing. Only after that, write a last line {_SAY_ANSWER} followed by the "
+    "final answer{fmt}."
 )
 # The sub-questions often stop one step short of the question; a solver told only "then
 # the question" then answers the last sub-question. So the user turn ends by restating the
-# original question and saying that the sub-questions may not cover every step. Nothing
-# follows the marker: the embedded 135M solver echoes the instruction, and text after the
-# marker would be read as its answer.
+# original question. Nothing follows the marker: the embedded 135M solver echoes the
+# instruction, and text after the marker would be read as its answer.
 _SOLVE_REMINDER = (
-    "Answer the sub-questions in order. They may not cover every step: finish any step still "
-    "missing, then answer the original question: {question}\n"
+    "Solve step by step, then answer the original question: {question}\n"
     f"End with a last line that starts with {_SAY_ANSWER}"
 )
+
+# Heads the sub-question list in the joint solver's user turn (bench/instant_server.py tells a
+# solver call from a decomposer call by it).
+SUBQUESTIONS_HEADER = "Suggested sub-questions:"
 
 _SOLVE_ONE = f"Answer the question concisely. End your response with {_SAY_ANSWER} followed by the answer."
 _SOLVE_FINAL = (
@@ -188,7 +197,7 @@ def get_prompts(task: str = "math", *, one_shot: bool = False, style: PromptStyl
         next_system=_NEXT.format(**t),
         next_user="{context_block}Question: {question}\n\nAnswered so far:\n{qa_block}",
         solve_system=_SOLVE.format(**t),
-        solve_user="{context_block}Question: {question}\n\nSub-questions:\n{subquestions_block}\n\n" + _SOLVE_REMINDER,
+        solve_user="{context_block}Question: {question}\n\n" + SUBQUESTIONS_HEADER + "\n{subquestions_block}\n\n" + _SOLVE_REMINDER,
         solve_one_system=_SOLVE_ONE,
         solve_one_user="{context_block}{qa_block}Question: {subquestion}",
         solve_final_system=_SOLVE_FINAL.format(**t),

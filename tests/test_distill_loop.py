@@ -23,6 +23,7 @@ from divconq.distill.train import read_result
 from divconq.errors import DivconqError
 from divconq.graph import build_graph
 from divconq.nodes import load_chat_model, parse_subquestions
+from divconq.nodes.prompts import SUBQUESTIONS_HEADER
 
 SOCRATIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test_socratic.jsonl"
 pytestmark = pytest.mark.skipif(not SOCRATIC.is_file(), reason=f"{SOCRATIC} is not there (../shared/data)")
@@ -34,7 +35,7 @@ def teacher_models(examples):
     order = {e.question: i for i, e in enumerate(examples)}
 
     def question_of(messages):
-        return re.search(r"Question: (.*?)(?:\n\nSub-questions:|$)", str(messages[-1].content), re.S).group(1)
+        return re.search(rf"Question: (.*?)(?:\n\n{SUBQUESTIONS_HEADER}|$)", str(messages[-1].content), re.S).group(1)
 
     def decompose(messages):
         gold = by_question[question_of(messages)].gold_subquestions
