@@ -83,11 +83,13 @@ CONFIGS = {
                            "the recipe's student on Qwen2.5-Coder-0.5B-Instruct, 48 steps (384 of its 1,002 examples), "
                            "decomposes (Q8_0, llama.cpp), teacher solves"),
     # Prompts v5 (the joint solver checks the sub-questions as a suggested plan): the rows
-    # above ran on v4 and keep their names and files; these two rerun static and the
-    # shipped student on v5, and each row is compared with static on its own prompts.
+    # above ran on v4 and keep their names and files; these rerun static, the shipped
+    # student and the oracle on v5, and each row is compared with static on its own prompts.
     "static_v5": ("{teacher}", "{teacher}", "static", [], "teacher decomposes (zero-shot) and solves, prompts v5"),
     "recipe_student_v5": ("{base}+adapter={work}/adapters/recipe", "{teacher}", "static", [],
                           "the recipe's student (the shipped default) decomposes, teacher solves, prompts v5"),
+    "oracle_v5": (GOLD, "{teacher}", "static", ["--max-subquestions", "10"],
+                  "gold GSM8K socratic sub-questions (all of them), teacher solves, prompts v5"),
     "se_t": ("{teacher}", "{base}+adapter={work}/adapters/se_t", "static", [], "teacher decomposes, S_E-T student solves"),
 }
 # Rows are compared with this one: the teacher doing both stages, as the paper's students are.
