@@ -56,6 +56,11 @@ def compare(old_file: Path, new_file: Path) -> dict:
         "em_new": _em(new, ids),
         "new_minus_old": test.to_dict(),
         "subquestions_identical": len(same),
+        # Where the sub-questions agree, only the solver's prompt (and the server's noise) differs.
+        "on_identical_subquestions": {"n": len(same), "em_old": _em(old, same), "em_new": _em(new, same),
+                                      "new_minus_old": paired_bootstrap([new[i]["score"] for i in same],
+                                                                        [old[i]["score"] for i in same]).to_dict()
+                                      if same else None},
         "on_decomposed": {"n": len(decomposed), "em_old": _em(old, decomposed), "em_new": _em(new, decomposed)},
         "flips": {"wrong_to_right": sum(1 for i in ids if new[i]["score"] > old[i]["score"]),
                   "right_to_wrong": sum(1 for i in ids if new[i]["score"] < old[i]["score"])},
@@ -75,7 +80,8 @@ def main() -> None:
         print(json.dumps(record, indent=2))
         return
     d = record["new_minus_old"]
-    print(f"{record['n']} questions ({record['subquestions_identical']} with identical sub-questions): "
+    same = record["on_identical_subquestions"]
+    print(f"{record['n']} questions ({same['n']} with identical sub-questions: {same['em_old']:.1f} -> {same['em_new']:.1f}): "
           f"EM {record['em_old']:.1f} ({record['old']['prompts']}) -> {record['em_new']:.1f} ({record['new']['prompts']}), "
           f"{d['difference']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]; "
           f"{record['flips']['wrong_to_right']} wrong->right, {record['flips']['right_to_wrong']} right->wrong -> {args.out}")
