@@ -179,7 +179,7 @@ def _pricing_for(rows: list[dict], setup: Setup) -> dict:
 def baseline_for(rows: list[dict], loaded: dict[str, list[dict]]) -> str | None:
     """The teacher-static row a row is compared with: the one on its prompt version, else BASELINE."""
     name = STATIC_BY_VERSION.get(str(rows[0].get("prompt_version")))
-    if name in loaded:
+    if name in loaded and rows is not loaded[name]:  # a version's own static row is compared with BASELINE
         return name
     return BASELINE if BASELINE in loaded else None
 
@@ -214,8 +214,10 @@ def _markdown(summaries: dict[str, dict]) -> str:
         d, v = s["roles"]["decomposer"], s["roles"]["solver"]
         diff = s.get(f"vs_{BASELINE}")
         against = "" if not diff or diff["baseline"] == BASELINE else f", vs {diff['baseline']}"
-        versus = "(reference)" if name in STATIC_BY_VERSION.values() else (
+        versus = "(reference)" if name == BASELINE else (
             f"{diff['difference']:+.1f} [{diff['ci_low']:+.1f}, {diff['ci_high']:+.1f}] (n={diff['n']}{against})" if diff else "n/a")
+        if name != BASELINE and name in STATIC_BY_VERSION.values():
+            versus += "; the reference of its prompt version's rows"
         lines.append(
             f"| {name} | {s['what']} | {s['n']} | {s['score']:.1f} | {s['lenient']:.1f} | {100 * s['decomposed_share']:.0f}% | "
             f"{d['input_tokens_per_q'] + d['output_tokens_per_q']:.0f} | {v['input_tokens_per_q'] + v['output_tokens_per_q']:.0f} | "
