@@ -7,10 +7,20 @@ slice, prompts and settings), run again later. Whatever differs between the two 
 solver server's nondeterminism: llama-server batches the requests in flight, so its
 arithmetic is not bit-identical from one run to the next.
 
-    python bench/noise_floor.py [--first FILE] [--second FILE] [--out FILE] [--json]
+    python bench/noise_floor.py [--first FILE] [--second FILE] [--across FIELD,...] [--out FILE] [--json]
 
 The same comparison serves two students on one slice with one solver (``--first`` and
 ``--second`` of other rows): how many sub-questions differ, and how many scores flip.
+With ``--across prompt_version`` it compares two solver prompts on one decomposer (prompts
+v4 against v5, issue 11): where the sub-questions agree, only the solver's prompt and the
+server's noise moved a score. The pilot that chose v5's wording (the slice's questions
+101-160, the wording as a prompt file) ran as
+
+    divconq eval --dataset gsm8k --data ../shared/data/gsm8k/test.jsonl \
+        --slice results/solver_plan/slice.txt --decomposer default+adapter=ADAPTER \
+        --solver openai:teacher@http://127.0.0.1:8080/v1 --mode static \
+        --prompts results/solver_plan/plan_solver_prompts.json \
+        --out results/solver_plan/pilot_student.jsonl --concurrency 4 --max-new-tokens 512
 
 Writes bench/results/noise_floor.json.
 """
@@ -34,19 +44,21 @@ OUT = RESULTS / "noise_floor.json"
 SAME = ("dataset", "slice", "solver", "mode", "prompts", "prompt_version")
 
 
-def compare(first: Path, second: Path) -> dict:
+def compare(first: Path, second: Path, across: tuple[str, ...] = ()) -> dict:
+    """The two files question by question; ``across`` names the SAME fields allowed to differ."""
     a, b = read_results(first), read_results(second)
     if not a or not b:
         raise SystemExit(f"noise_floor: {first if not a else second} holds no results: run its row first")
     for key in SAME:
-        if a[0].get(key) != b[0].get(key):
+        if key not in across and a[0].get(key) != b[0].get(key):
             raise SystemExit(f"noise_floor: the files differ in {key} ({a[0].get(key)!r} vs {b[0].get(key)!r}): "
-                             "pass two runs of one configuration")
+                             f"pass two runs of one configuration, or --across {key} to compare them anyway")
     by_id = {row["id"]: row for row in b}
     pairs = [(row, by_id[row["id"]]) for row in a if row["id"] in by_id]
     return {
         "first": repo_path(first),
         "second": repo_path(second),
+        "across": {key: [a[0].get(key), b[0].get(key)] for key in across},
         "n": len(pairs),
         "em_first": 100 * sum(x["score"] for x, _ in pairs) / len(pairs),
         "em_second": 100 * sum(y["score"] for _, y in pairs) / len(pairs),
@@ -71,10 +83,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--first", type=Path, default=FIRST)
     parser.add_argument("--second", type=Path, default=SECOND)
+    parser.add_argument("--across", default="", metavar="FIELD,...",
+                        help=f"fields allowed to differ between the files, of {', '.join(SAME)}")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--json", action="store_true", help="print the JSON record instead of the summary")
     args = parser.parse_args()
-    record = compare(args.first, args.second)
+    across = tuple(key for key in args.across.split(",") if key)
+    unknown = [key for key in across if key not in SAME]
+    if unknown:
+        raise SystemExit(f"noise_floor: --across {','.join(unknown)} is not a field the files must share: "
+                         f"choose from {', '.join(SAME)}")
+    record = compare(args.first, args.second, across)
     atomic_write(args.out, json.dumps(record, indent=2) + "\n")
     if args.json:
         print(json.dumps(record, indent=2))
