@@ -176,12 +176,12 @@ def _pricing_for(rows: list[dict], setup: Setup) -> dict:
     return pricing
 
 
-def baseline_for(rows: list[dict], loaded: dict[str, list[dict]]) -> str | None:
-    """The teacher-static row a row is compared with: the one on its prompt version, else BASELINE."""
-    name = STATIC_BY_VERSION.get(str(rows[0].get("prompt_version")))
-    if name in loaded and rows is not loaded[name]:  # a version's own static row is compared with BASELINE
-        return name
-    return BASELINE if BASELINE in loaded else None
+def baseline_for(name: str, loaded: dict[str, list[dict]]) -> str | None:
+    """The teacher-static row that row ``name`` is compared with: the one on its prompt version,
+    else BASELINE (so a version's own static row is compared with BASELINE); None for BASELINE itself."""
+    static = STATIC_BY_VERSION.get(str(loaded[name][0].get("prompt_version")))
+    against = static if static in loaded and static != name else BASELINE
+    return against if against in loaded and against != name else None
 
 
 def row_summary(name: str, rows: list[dict], baseline: list[dict] | None, setup: Setup,
@@ -194,7 +194,7 @@ def row_summary(name: str, rows: list[dict], baseline: list[dict] | None, setup:
     summary["what"] = CONFIGS[name][4]
     summary["slice"] = rows[0].get("slice")
     summary["prompts"] = f"{rows[0].get('prompts')} v{rows[0].get('prompt_version')}"
-    if baseline is not None and name != baseline_name:
+    if baseline is not None:
         run_scores, base_scores = paired_rows(rows, baseline)
         if run_scores:
             summary[f"vs_{BASELINE}"] = {**paired_bootstrap(run_scores, base_scores).to_dict(), "baseline": baseline_name}
@@ -255,8 +255,8 @@ def write_table(args: argparse.Namespace, setup: Setup) -> str:
         return "no results yet"
     summaries = {}
     for name, rows in loaded.items():
-        against = baseline_for(rows, loaded)
-        summaries[name] = row_summary(name, rows, loaded.get(against) if against else None, setup, against or BASELINE)
+        against = baseline_for(name, loaded)
+        summaries[name] = row_summary(name, rows, loaded.get(against), setup, against or BASELINE)
     out = RESULTS / setup.name
     table = _markdown(summaries)
     atomic_write(out.with_suffix(".md"), table + "\n")
